@@ -1,0 +1,5 @@
+"""`python -m derain_cli` runs the command-line interface."""
+
+from derain_cli.cli import main
+
+main()
