@@ -1,0 +1,71 @@
+"""Choosing the compute device and the numeric precision."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from derain_cli.errors import DerainError
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _mps_available() -> bool:
+    """Whether Apple's Metal backend can be used."""
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def resolve_device(name: str = "auto") -> tuple[torch.device, str | None]:
+    """The torch device for ``auto|cpu|cuda[:N]|mps``, and a warning when it falls back to the CPU."""
+    name = name.strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda"), None
+        if _mps_available():
+            return torch.device("mps"), None
+        return torch.device("cpu"), None
+    if name == "cpu":
+        return torch.device("cpu"), None
+    if name == "cuda" or name.startswith("cuda:"):
+        try:
+            device = torch.device(name)
+        except RuntimeError as err:
+            raise DerainError(f"bad device {name!r}: {err}") from None
+        if not torch.cuda.is_available():
+            return torch.device("cpu"), "CUDA is not available here: falling back to the CPU (slow)"
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DerainError(f"device {name!r} does not exist: {torch.cuda.device_count()} CUDA device(s) found")
+        return device, None
+    if name == "mps":
+        if not _mps_available():
+            return torch.device("cpu"), "MPS is not available here: falling back to the CPU (slow)"
+        return torch.device("mps"), None
+    raise DerainError(f"unknown device {name!r}; choose from auto, cpu, cuda, cuda:N, mps")
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """The compute dtype: ``auto`` is fp16 on CUDA (mixed precision) and fp32 elsewhere."""
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if precision not in PRECISIONS:
+        raise DerainError(f"unknown precision {precision!r}; choose from auto, {', '.join(PRECISIONS)}")
+    return PRECISIONS[precision]
+
+
+def free_memory_bytes(device: torch.device) -> int:
+    """Memory free for tensors on ``device``: CUDA's free memory, else the system's available RAM."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
