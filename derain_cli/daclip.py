@@ -51,6 +51,12 @@ class DACLIP(nn.Module):
         self.visual_control.transformer = ControlTransformer(self.visual_control.transformer)
         self.logit_scale = nn.Parameter(self.clip.logit_scale.detach().clone())
 
+    @property
+    def image_size(self) -> int:
+        """Side of the square input the image tower expects (224 for the published models)."""
+        size = self.clip.visual.image_size
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+
     def encode_image(
         self, images: torch.Tensor, control: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:

@@ -1,0 +1,116 @@
+"""Benchmark a model on paired folders: restore, save, and score PSNR/SSIM on RGB and Y."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from derain_cli.errors import DerainError
+from derain_cli.imageio import read_image, write_image
+from derain_cli.jobs import scan_images
+from derain_cli.metrics import score_pair
+from derain_cli.pairing import pair_files
+from derain_cli.pipeline import DerainPipeline, SampleOptions
+from derain_cli.sde import StepCallback
+
+METRICS = ("psnr", "ssim", "psnr_y", "ssim_y")
+
+
+@dataclass
+class BenchReport:
+    """Per-image scores, their means, and the files that found no partner."""
+
+    images: list[dict] = field(default_factory=list)
+    unpaired_inputs: list[str] = field(default_factory=list)
+    unpaired_gts: list[str] = field(default_factory=list)
+    crop_border: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def mean(self) -> dict[str, float]:
+        """Mean of each metric (and of seconds, and LPIPS when present) over the images."""
+        keys = [k for k in (*METRICS, "lpips", "seconds") if self.images and k in self.images[0]]
+        return {k: float(np.mean([img[k] for img in self.images])) for k in keys}
+
+    def as_dict(self) -> dict:
+        """The JSON report: images, mean, and the settings that give the numbers their meaning."""
+        return {"images": self.images, "mean": self.mean, "crop_border": self.crop_border,
+                "unpaired_inputs": self.unpaired_inputs, "unpaired_gts": self.unpaired_gts,
+                "notes": self.notes}
+
+
+def to_uint8(rgb: torch.Tensor) -> np.ndarray:
+    """[1, 3, H, W] in 0..1 to an H x W x 3 uint8 array, rounded as images are saved."""
+    array = rgb[0].clamp(0, 1).permute(1, 2, 0).cpu().double().numpy()
+    return np.round(array * 255).astype(np.uint8)
+
+
+def load_lpips() -> tuple[Callable | None, str | None]:
+    """LPIPS (AlexNet) if the ``lpips`` package and its weights are available offline."""
+    try:
+        import lpips  # noqa: PLC0415 - optional dependency
+    except ImportError:
+        return None, "LPIPS skipped: the lpips package is not installed"
+    try:
+        model = lpips.LPIPS(net="alex", verbose=False).eval()
+    except (OSError, RuntimeError) as error:
+        return None, f"LPIPS skipped: its weights are not available offline ({type(error).__name__})"
+
+    def score(a: np.ndarray, b: np.ndarray) -> float:
+        ta, tb = (torch.from_numpy(x).permute(2, 0, 1)[None].float() / 127.5 - 1 for x in (a, b))
+        with torch.no_grad():
+            return float(model(ta, tb))
+
+    return score, None
+
+
+def _grid(strip: list[np.ndarray], path: Path) -> None:
+    """Save input | output | ground truth side by side as one PNG."""
+    from PIL import Image
+
+    gap = np.full((strip[0].shape[0], 4, 3), 255, dtype=np.uint8)
+    row = np.concatenate([strip[0], gap, strip[1], gap, strip[2]], axis=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(row).save(path)
+
+
+def run_bench(in_dir: Path, gt_dir: Path, pipeline: DerainPipeline | None, options: SampleOptions,
+              out_dir: Path | None = None, crop_border: int = 0, grid_dir: Path | None = None,
+              with_lpips: bool = True, on_image: Callable[[dict], None] | None = None,
+              callback: StepCallback | None = None) -> BenchReport:
+    """Restore (or, without a pipeline, just score) every input that pairs with a ground truth."""
+    try:
+        pairs, lone_in, lone_gt = pair_files(scan_images(in_dir), scan_images(gt_dir))
+    except ValueError as error:  # ambiguous names
+        raise DerainError(str(error)) from None
+    report = BenchReport(unpaired_inputs=[p.name for p in lone_in], unpaired_gts=[p.name for p in lone_gt],
+                         crop_border=crop_border)
+    lpips_fn, note = load_lpips() if with_lpips else (None, None)
+    if note:
+        report.notes.append(note)
+    for src, gt_path in pairs:
+        image, gt = read_image(src), read_image(gt_path)
+        start = time.perf_counter()
+        if pipeline is None:
+            restored = image.rgb
+        else:
+            restored = pipeline.restore(image.rgb, options, callback).cpu()
+            if out_dir is not None:
+                out_dir.mkdir(parents=True, exist_ok=True)
+                write_image(out_dir / f"{src.stem}.png", restored, like=image)
+        seconds = time.perf_counter() - start
+        output, truth = to_uint8(restored), to_uint8(gt.rgb)
+        row = {"name": src.name, "gt": gt_path.name, **score_pair(output, truth, crop_border), "seconds": seconds}
+        if lpips_fn is not None:
+            row["lpips"] = lpips_fn(output, truth)
+        if grid_dir is not None:
+            _grid([to_uint8(image.rgb), output, truth], grid_dir / f"{src.stem}.png")
+        report.images.append(row)
+        if on_image is not None:
+            on_image(row)
+    return report

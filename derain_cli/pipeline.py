@@ -1,0 +1,131 @@
+"""The deraining pipeline: DA-CLIP conditioning, the IR-SDE sampler and tiling, tensors in and out."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Literal, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from derain_cli.checkpoints import load_daclip, load_unet
+from derain_cli.devices import free_memory_bytes, resolve_device, resolve_precision
+from derain_cli.errors import DerainError
+from derain_cli.sde import IRSDE, Sampler, StepCallback
+from derain_cli.tiling import TiledDenoiser, auto_tile_size
+from derain_cli.unet import ConditionalUNet
+
+if TYPE_CHECKING:  # open_clip is slow to import: only pipelines with DA-CLIP pay for it
+    from derain_cli.daclip import DACLIP
+
+TileOption = Union[int, Literal["auto"], None]
+# Share of the free memory that automatic tiling may plan for (the rest is the state, the
+# model and the allocator's slack).
+MEMORY_BUDGET_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class SampleOptions:
+    """How to sample: steps (None: the SDE's T), sampler, seed, tiling."""
+
+    steps: int | None = None
+    sampler: Sampler = "posterior"
+    seed: int | None = 0
+    tile: TileOption = "auto"
+    tile_overlap: int = 32
+
+
+class DerainPipeline:
+    """Restores rainy images with an IR-SDE U-Net, optionally conditioned on DA-CLIP embeddings."""
+
+    def __init__(self, unet: ConditionalUNet, sde: IRSDE, daclip: DACLIP | None = None,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.unet = unet.to(self.device).eval()
+        self.daclip = daclip.to(self.device).eval() if daclip is not None else None
+        self.sde = sde
+        self.on_tile_shrink: Callable[[int], None] | None = None
+        if self.needs_daclip and self.daclip is None:
+            raise DerainError("this U-Net is conditioned on DA-CLIP embeddings: give the DA-CLIP weights too")
+
+    @classmethod
+    def from_files(cls, unet_path: str | Path, daclip_path: str | Path | None = None,
+                   sde: IRSDE | None = None, device: str = "auto",
+                   precision: str = "auto") -> DerainPipeline:
+        """Build a pipeline from checkpoint files (architecture inferred from the tensors)."""
+        torch_device, _ = resolve_device(device)
+        unet = load_unet(unet_path)
+        daclip = load_daclip(daclip_path) if daclip_path is not None else None
+        return cls(unet, sde or IRSDE(), daclip, torch_device, resolve_precision(precision, torch_device))
+
+    @property
+    def needs_daclip(self) -> bool:
+        """Whether the U-Net takes DA-CLIP embeddings (degradation prompt or cross-attention)."""
+        cfg = self.unet.config
+        return bool(cfg.get("context_dim")) and bool(cfg.get("use_degra_context") or cfg.get("use_image_context"))
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed precision for the networks when a half dtype is chosen; the SDE state stays fp32."""
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    @torch.no_grad()
+    def conditioning(self, lq: Tensor) -> dict[str, Tensor]:
+        """DA-CLIP content and degradation embeddings of the whole image, once per image."""
+        if self.daclip is None or not self.needs_daclip:
+            return {}
+        from derain_cli.daclip import clip_preprocess
+
+        with self._autocast():
+            content, degradation = self.daclip.encode_image(clip_preprocess(lq, self.daclip.image_size), control=True)
+        return {"image_context": content.float(), "text_context": degradation.float()}
+
+    def denoiser(self, x_t: Tensor, mu: Tensor, t: Tensor, **context: Tensor) -> Tensor:
+        """The U-Net's noise prediction in the pipeline's precision, returned in fp32."""
+        with self._autocast():
+            return self.unet(x_t, mu, t, **context).float()
+
+    def _tile_size(self, tile: TileOption, height: int, width: int) -> int | None:
+        """The tile size to use: a given size, none, or the largest that fits the free memory."""
+        if tile != "auto":
+            return tile or None
+        budget = int(free_memory_bytes(self.device) * MEMORY_BUDGET_SHARE)
+        return auto_tile_size(self.unet.config, height, width, budget, torch.finfo(self.dtype).bits // 8)
+
+    @torch.no_grad()
+    def restore(self, lq: Tensor, options: SampleOptions = SampleOptions(),
+                callback: StepCallback | None = None) -> Tensor:
+        """Restore a [B, 3, H, W] batch in 0..1; returns the clean estimate clamped to 0..1."""
+        if lq.dim() != 4 or lq.shape[1] != 3:
+            raise ValueError(f"expected a [B, 3, H, W] tensor, got shape {tuple(lq.shape)}")
+        lq = lq.to(self.device, torch.float32)
+        context = self.conditioning(lq)
+        tile = self._tile_size(options.tile, *lq.shape[-2:])
+        denoiser = self.denoiser
+        if tile is not None:
+            denoiser = TiledDenoiser(self.denoiser, tile, options.tile_overlap,
+                                     shrink_on_oom=options.tile == "auto", on_shrink=self.on_tile_shrink)
+        generator = None
+        if options.seed is not None:
+            generator = torch.Generator("cpu").manual_seed(options.seed)
+        out = self.sde.sample(denoiser, lq, steps=options.steps, sampler=options.sampler,
+                              generator=generator, callback=callback, **context)
+        return out.clamp(0, 1)
+
+    def __call__(self, image: Image.Image | Tensor, options: SampleOptions = SampleOptions(),
+                 callback: StepCallback | None = None) -> Image.Image | Tensor:
+        """Restore a PIL image (returns a PIL RGB image) or a [B, 3, H, W] / [3, H, W] tensor."""
+        if isinstance(image, Image.Image):
+            rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+            lq = torch.from_numpy(rgb).permute(2, 0, 1)[None]
+            out = self.restore(lq, options, callback)[0].permute(1, 2, 0).cpu().numpy()
+            return Image.fromarray(np.round(out * 255).astype(np.uint8))
+        if image.dim() == 3:
+            return self.restore(image[None], options, callback)[0].cpu()
+        return self.restore(image, options, callback).cpu()

@@ -1,0 +1,111 @@
+"""The pipeline: conditioning once per image, seeds, shapes, tiling, PIL and tensor inputs."""
+
+import pytest
+import torch
+from PIL import Image
+
+from derain_cli.checkpoints import load_daclip, load_unet
+from derain_cli.errors import DerainError
+from derain_cli.pipeline import DerainPipeline, SampleOptions
+from derain_cli.sde import IRSDE
+
+from tests.conftest import TINY_SDE
+
+FEW = SampleOptions(steps=4, tile=None)
+
+
+@pytest.fixture(scope="module")
+def plain(plain_unet_file):
+    return DerainPipeline(load_unet(plain_unet_file), IRSDE(**TINY_SDE))
+
+
+@pytest.fixture(scope="module")
+def conditioned(daclip_model_files):
+    unet_path, daclip_path = daclip_model_files
+    return DerainPipeline(load_unet(unet_path), IRSDE(), load_daclip(daclip_path))
+
+
+def test_output_has_the_input_size_for_sizes_off_the_model_multiple(plain):
+    lq = torch.rand(1, 3, 37, 53)
+    out = plain.restore(lq, FEW)
+    assert out.shape == lq.shape
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_same_seed_same_output_other_seed_other_output(plain):
+    lq = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(0))
+    a = plain.restore(lq, SampleOptions(steps=4, seed=5, tile=None))
+    b = plain.restore(lq, SampleOptions(steps=4, seed=5, tile=None))
+    c = plain.restore(lq, SampleOptions(steps=4, seed=6, tile=None))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_daclip_embeddings_are_computed_once_from_the_whole_image(conditioned, monkeypatch):
+    calls = []
+    original = conditioned.daclip.encode_image
+
+    def spy(images, control=True):
+        calls.append((images.shape, control))
+        return original(images, control=control)
+
+    monkeypatch.setattr(conditioned.daclip, "encode_image", spy)
+    unet_calls = []
+    unet_forward = conditioned.unet.forward
+
+    def unet_spy(x, mu, t, text_context=None, image_context=None):
+        unet_calls.append((text_context is not None, image_context is not None))
+        return unet_forward(x, mu, t, text_context=text_context, image_context=image_context)
+
+    monkeypatch.setattr(conditioned.unet, "forward", unet_spy)
+    conditioned.restore(torch.rand(1, 3, 40, 70), SampleOptions(steps=5, tile=48, tile_overlap=8))
+    assert calls == [((1, 3, 32, 32), True)]  # the tiny tower's input size
+    assert len(unet_calls) > 5 and all(both == (True, True) for both in unet_calls)
+
+
+def test_conditioning_changes_the_result(conditioned):
+    lq = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with_ctx = conditioned.restore(lq, FEW)
+    cfg = conditioned.conditioning(lq)
+    assert set(cfg) == {"image_context", "text_context"}
+    assert cfg["image_context"].shape == (1, 16) and cfg["text_context"].shape == (1, 16)
+    zeros = {k: torch.zeros_like(v) for k, v in cfg.items()}
+    same = conditioned.sde.sample(conditioned.denoiser, lq, steps=4, generator=torch.Generator().manual_seed(0),
+                                  **cfg).clamp(0, 1)
+    other = conditioned.sde.sample(conditioned.denoiser, lq, steps=4, generator=torch.Generator().manual_seed(0),
+                                   **zeros).clamp(0, 1)
+    assert torch.equal(with_ctx, same)
+    assert not torch.allclose(with_ctx, other)
+
+
+def test_a_conditioned_unet_without_daclip_is_refused(daclip_model_files):
+    with pytest.raises(DerainError, match="DA-CLIP"):
+        DerainPipeline(load_unet(daclip_model_files[0]), IRSDE())
+
+
+def test_pil_image_in_pil_image_out(plain):
+    image = Image.new("RGB", (45, 31), (120, 80, 200))
+    out = plain(image, FEW)
+    assert isinstance(out, Image.Image) and out.size == (45, 31) and out.mode == "RGB"
+
+
+def test_tensor_without_batch_dimension(plain):
+    out = plain(torch.rand(3, 20, 28), FEW)
+    assert out.shape == (3, 20, 28)
+
+
+def test_tiled_and_untiled_restoration_agree_closely(plain):
+    """Tiles differ only where the U-Net's global attention sees less context: a small difference."""
+    lq = torch.rand(1, 3, 96, 128, generator=torch.Generator().manual_seed(2))
+    whole = plain.restore(lq, SampleOptions(steps=10, tile=None))
+    tiled = plain.restore(lq, SampleOptions(steps=10, tile=64, tile_overlap=32))
+    diff = (whole - tiled).abs()
+    assert diff.mean() < 0.01 and diff.max() < 0.1
+
+
+def test_auto_tiling_keeps_small_images_whole(plain, monkeypatch):
+    import derain_cli.pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "free_memory_bytes", lambda device: 10**12)
+    assert plain._tile_size("auto", 64, 64) is None
+    monkeypatch.setattr(pipeline_module, "free_memory_bytes", lambda device: 8 * 1024**2)
+    assert plain._tile_size("auto", 2000, 3000) is not None
