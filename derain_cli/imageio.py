@@ -331,7 +331,7 @@ def write_image(path: str | os.PathLike[str], rgb: torch.Tensor, like: LoadedIma
                   icc=like.icc_profile if _icc_fits(like.icc_profile, gray_stored) else None,
                   exif=like.exif, quality=quality)
     encode = _ENCODERS[fmt]
-    _atomic_write(path, lambda f: encode(f, out))
+    atomic_write(path, lambda f: encode(f, out))
 
 
 @dataclass
@@ -403,7 +403,7 @@ def _icc_fits(icc: bytes | None, grayscale: bool) -> bool:
     return icc is not None and icc[16:20] == (b"GRAY" if grayscale else b"RGB ")
 
 
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Write through `write` into a temporary sibling, fsync it, then rename it onto `path`."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:

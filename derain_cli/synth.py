@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from .errors import DerainError, ImageError
+from .imageio import atomic_write, read_image
 
 Range = tuple[float, float]
 
@@ -260,28 +259,13 @@ def image_rng(seed: int, name: str, copy: int) -> np.random.Generator:
 
 def read_rgb8(path: Path) -> np.ndarray:
     """Return an image file as uint8 HxWx3 RGB, EXIF orientation applied, alpha dropped."""
-    try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("I", "I;16", "I;16B", "I;16L"):
-                grey = np.clip(np.asarray(img, dtype=np.float64) / 65535.0, 0.0, 1.0)
-                return np.repeat(np.round(grey * 255)[..., None], 3, axis=2).astype(np.uint8)
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as err:
-        raise ImageError(f"cannot read image {path}: {err}") from err
+    rgb = read_image(path).rgb[0].permute(1, 2, 0).numpy()
+    return np.round(rgb * 255.0).astype(np.uint8)
 
 
 def write_png_atomic(array: np.ndarray, path: Path) -> None:
-    """Write a uint8 image as PNG to path through a temporary file and os.replace."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png.tmp")
-    os.close(fd)
-    try:
-        Image.fromarray(array).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except OSError as err:
-        raise ImageError(f"cannot write image {path}: {err}") from err
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    """Write a uint8 image as PNG through a temporary file and a rename."""
+    atomic_write(path, lambda f: Image.fromarray(array).save(f, format="PNG"))
 
 
 def _output_names(files: Sequence[Path], copies: int) -> list[tuple[Path, int, str]]:
