@@ -319,6 +319,86 @@ def synth(
     err.print(f"Wrote {len(pairs)} pairs to {output}/LQ and {output}/GT")
 
 
+# -- train ------------------------------------------------------------------------------------
+
+@app.command()
+def train(
+    out_dir: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints, log.csv, loss.png.")],
+    data: Annotated[Optional[list[Path]], typer.Option("--data", help="Folder with LQ/ and GT/ (repeatable).")] = None,
+    lq: Annotated[Optional[list[Path]], typer.Option("--lq", help="Folder of degraded images (repeatable, with --gt).")] = None,
+    gt: Annotated[Optional[list[Path]], typer.Option("--gt", help="Folder of clean images matching --lq.")] = None,
+    val: Annotated[Optional[Path], typer.Option("--val", help="Validation folder with LQ/ and GT/ (PSNR_Y, keeps best/).")] = None,
+    from_: Annotated[Optional[str], typer.Option("--from", help="Fine-tune these U-Net weights (file or manifest name).")] = None,
+    daclip: Annotated[Optional[str], typer.Option("--daclip", help="Condition on frozen DA-CLIP (file or manifest name).")] = None,
+    no_daclip: Annotated[bool, typer.Option("--no-daclip", help="Train the plain IR-SDE U-Net (the default).")] = False,
+    nf: Annotated[int, typer.Option("--nf", min=4, help="Base channel count of a new U-Net.")] = 64,
+    ch_mult: Annotated[str, typer.Option("--ch-mult", help="Channel multipliers of a new U-Net, e.g. 1,2,4,8.")] = "1,2,4,8",
+    max_sigma: Annotated[float, typer.Option("--max-sigma", help="SDE stationary noise (0-255 scale).")] = 50.0,
+    T: Annotated[int, typer.Option("--T", min=1, help="SDE steps.")] = 100,
+    schedule: Annotated[str, typer.Option("--schedule", help="cosine, linear or constant.")] = "cosine",
+    eps: Annotated[float, typer.Option("--eps", help="SDE end-point tolerance.")] = 0.005,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Optimiser steps.")] = 100_000,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Global batch size.")] = 4,
+    patch_size: Annotated[int, typer.Option("--patch-size", min=16, help="Training crop size.")] = 128,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, cosine schedule).")] = 2e-4,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Linear warm-up steps.")] = 500,
+    grad_clip: Annotated[float, typer.Option("--grad-clip", help="Max gradient norm (0: off).")] = 1.0,
+    ema_decay: Annotated[float, typer.Option("--ema-decay", help="EMA decay of the exported weights.")] = 0.995,
+    ckpt_every: Annotated[int, typer.Option("--ckpt-every", min=1, help="Checkpoint every N steps.")] = 1000,
+    val_every: Annotated[int, typer.Option("--val-every", min=1, help="Validate every N steps.")] = 1000,
+    val_steps: Annotated[Optional[int], typer.Option("--val-steps", min=1, help="Sampler steps for validation.")] = None,
+    val_crop: Annotated[Optional[int], typer.Option("--val-crop", min=16, help="Score centre crops of this size.")] = None,
+    val_limit: Annotated[Optional[int], typer.Option("--val-limit", min=1, help="Score only the first N pairs.")] = None,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="Data loader processes.")] = 2,
+    seed: SeedOpt = 0, device: DeviceOpt = "auto", manifest: ManifestOpt = None, offline: OfflineOpt = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out bit-for-bit.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train or fine-tune the IR-SDE U-Net on paired images (the reference's maximum-likelihood loss)."""
+    from derain_cli.train import TrainConfig, train as run_training
+
+    if daclip and no_daclip:
+        raise typer.BadParameter("--daclip and --no-daclip exclude each other")
+    if len(lq or []) != len(gt or []):
+        raise typer.BadParameter("give as many --gt folders as --lq folders")
+    try:
+        mults = tuple(int(m) for m in ch_mult.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"--ch-mult {ch_mult!r}: expected integers separated by commas") from None
+    config = TrainConfig(
+        out=out_dir, data=list(data or []), pairs=list(zip(lq or [], gt or [])), val=val, nf=nf, ch_mult=mults,
+        from_weights=_weights_file(from_, manifest, offline), daclip=_weights_file(daclip, manifest, offline),
+        max_sigma=max_sigma, T=T, schedule=schedule, eps=eps, steps=steps, batch_size=batch_size,
+        patch_size=patch_size, lr=lr, warmup_steps=warmup, grad_clip=grad_clip or None, ema_decay=ema_decay,
+        ckpt_every=ckpt_every, val_every=val_every, val_steps=val_steps, val_crop=val_crop, val_limit=val_limit,
+        seed=seed, device=device, num_workers=workers, resume=resume,
+    )
+    with _progress(quiet) as progress:
+        task = progress.add_task("training", total=steps) if progress else None
+
+        def show(info) -> None:
+            if progress is None:
+                return
+            text = f"loss {info.loss:.4f} lr {info.lr:.2e} {info.its:.2f} it/s"
+            if info.best_psnr_y is not None:
+                text += f" best PSNR_Y {info.best_psnr_y:.2f}"
+            progress.update(task, completed=info.step, description=text)
+
+        result = run_training(config, progress=show, notify=None if quiet else err.print)
+    err.print(f"Weights: {result}")
+
+
+def _weights_file(name_or_path: str | None, manifest: Path | None, offline: bool) -> Path | None:
+    """A checkpoint path, or the file of a manifest weights name (downloaded if needed)."""
+    if name_or_path is None:
+        return None
+    if Path(name_or_path).exists():
+        return Path(name_or_path)
+    from derain_cli.weights import load_manifest, resolve_weights
+
+    return resolve_weights(load_manifest(manifest), name_or_path, offline=offline)
+
+
 # -- weights ----------------------------------------------------------------------------------
 
 @weights_app.command("list")

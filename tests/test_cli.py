@@ -233,3 +233,24 @@ def test_weights_convert_writes_safetensors_and_config(tmp_path, daclip_model_fi
     code, _, err = derain("weights", "convert", unet_path, dst, capsys=capsys)
     assert code == 0, err
     assert dst.is_file() and json.loads(dst.with_suffix(".json").read_text())["unet"]["nf"] == 32
+
+
+def test_train_writes_a_loadable_run_and_refuses_to_clobber_it(tmp_path, capsys):
+    from derain_cli.checkpoints import load_unet
+
+    for i in range(3):
+        write_rgb(tmp_path / "data" / "GT" / f"{i}.png", 40, 40, seed=i)
+        write_rgb(tmp_path / "data" / "LQ" / f"{i}.png", 40, 40, seed=i + 10)
+    args = ["train", "--data", tmp_path / "data", "--out", tmp_path / "run", "--nf", "8", "--ch-mult", "1,2",
+            "--steps", "4", "--patch-size", "32", "--batch-size", "2", "--workers", "0", "--ckpt-every", "2",
+            "--max-sigma", "10", "--device", "cpu", "--quiet"]
+    code, _, err = derain(*args, capsys=capsys)
+    assert code == 0, err
+    weights = tmp_path / "run" / "last" / "unet.safetensors"
+    assert load_unet(weights).config["nf"] == 8
+    assert json.loads(weights.with_suffix(".json").read_text())["sde"]["max_sigma"] == 10
+    code, _, err = derain(*args, capsys=capsys)
+    assert code == 1 and "resume" in err
+    src = write_rgb(tmp_path / "rainy.png")
+    code, _, err = derain("run", src, "-o", tmp_path / "out.png", "--unet", weights, *FAST, capsys=capsys)
+    assert code == 0, err

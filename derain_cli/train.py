@@ -1,0 +1,803 @@
+"""Training the IR-SDE noise-prediction U-Net on paired images, with or without DA-CLIP conditioning.
+
+Objective (IR-SDE, Luo et al. 2023, eq. 11-12, as the reference ``MatchingLoss('l1')``, weight 1):
+for a random time t in 1..T and x_t = mu_bar_t(x_0) + sigma_bar_t * eps, the mean of x_{t-1} that
+the reverse SDE takes from the predicted noise must match the optimal posterior mean given the
+clean image, in L1. AdamW, linear warm-up then cosine learning rate, gradient clipping, an EMA of
+the weights (the EMA is what gets exported), mixed precision on CUDA, DDP under ``torchrun``.
+
+Every random draw of step s depends only on (seed, s): the data (see derain_cli.data) and the time
+steps and noise of each sample (drawn from a generator seeded by the sample's number). So a run
+that is stopped and resumed from its checkpoint ends with the same weights, bit for bit, as one
+that was not (on the CPU, or wherever the kernels are deterministic), and a distributed run sees the
+samples of a single-process run with the same global batch.
+
+Run folder layout: ``last/`` and ``best/`` (and ``step-NNNNNNNN/``, the newest few) each hold
+``unet.safetensors`` (EMA weights), ``unet.json`` ({"unet": constructor kwargs, "sde": IRSDE
+kwargs, "training": {...}}) and ``state.pt`` (everything needed to resume, readable with
+``torch.load(weights_only=True)``); ``log.csv``, ``loss.png`` and ``train.log`` beside them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import math
+import os
+import random
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from derain_cli.checkpoints import load_daclip, load_unet, save_safetensors
+from derain_cli.data import (STREAM_NOISE, PairedFolder, PairImages, RandomPatches, StepBatches,
+                             ValidationPairs, find_pairs, torch_generator)
+from derain_cli.devices import resolve_device
+from derain_cli.errors import DerainError
+from derain_cli.metrics import score_pair
+from derain_cli.sde import IRSDE, SCHEDULES
+from derain_cli.unet import ConditionalUNet
+
+if TYPE_CHECKING:  # open_clip is slow to import: only runs with DA-CLIP pay for it
+    from derain_cli.daclip import DACLIP
+
+STATE_FORMAT = 1
+LOG_COLUMNS = ("step", "loss", "lr", "it/s", "val_psnr_y")
+# Settings that change which samples, noise or model a step sees; resuming with others is refused.
+RESUME_FIXED = ("batch_size", "patch_size", "seed", "max_sigma", "T", "schedule", "eps")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; defaults follow the reference's universal-ir options."""
+
+    out: Path = Path("runs/derain")
+    data: list[Path] = field(default_factory=list)  # folders holding LQ/ and GT/
+    pairs: list[tuple[Path, Path]] = field(default_factory=list)  # explicit (LQ folder, GT folder)
+    val: Path | None = None  # folder holding LQ/ and GT/ for validation PSNR_Y
+    # model: a new U-Net from nf/ch_mult, or the weights of from_weights (architecture inferred)
+    nf: int = 64
+    ch_mult: tuple[int, ...] = (1, 2, 4, 8)
+    from_weights: Path | None = None
+    daclip: Path | None = None  # frozen DA-CLIP weights: condition on its embeddings; None: plain U-Net
+    use_degra_context: bool = True  # new U-Net with DA-CLIP: degradation prompt on the time embedding
+    use_image_context: bool = True  # new U-Net with DA-CLIP: cross-attention to the content embedding
+    grad_checkpointing: bool = False
+    # SDE (max_sigma on the 0-255 scale)
+    max_sigma: float = 50.0
+    T: int = 100
+    schedule: str = "cosine"
+    eps: float = 0.005
+    # optimisation
+    steps: int = 100_000
+    batch_size: int = 4  # global batch, split between distributed processes
+    patch_size: int = 128
+    lr: float = 2e-4
+    lr_min: float = 1e-6
+    warmup_steps: int = 500
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float | None = 1.0  # max global gradient norm; None: no clipping
+    ema_decay: float = 0.995
+    ema_every: int = 10
+    ema_start: int = 100  # the EMA copies the weights up to this step, then averages
+    # bookkeeping
+    ckpt_every: int = 1000
+    keep_checkpoints: int = 3  # newest step-NNNNNNNN/ folders kept (0: none written)
+    val_every: int = 1000
+    val_steps: int | None = None  # sampling steps for validation (None: T)
+    val_crop: int | None = None  # score centre crops of this size instead of whole images
+    val_limit: int | None = None  # score only the first N validation pairs
+    val_seed: int = 0
+    log_every: int = 10
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # mixed precision (bf16, else fp16 with loss scaling) on CUDA only
+    num_workers: int = 2
+    cache_images: bool = True
+    resume: bool = False
+
+    def check(self) -> None:
+        """Raise DerainError naming the first setting that is out of range."""
+        positive = ("nf", "steps", "batch_size", "patch_size", "T", "ckpt_every", "val_every", "log_every",
+                    "ema_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise DerainError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.data and not self.pairs:
+            raise DerainError("no training data: give at least one data folder (LQ/ + GT/) or LQ/GT folder pair")
+        if self.schedule not in SCHEDULES:
+            raise DerainError(f"unknown schedule {self.schedule!r}; choose from {sorted(SCHEDULES)}")
+        if not 0 <= self.ema_decay < 1:
+            raise DerainError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if self.lr <= 0 or self.lr_min < 0 or self.warmup_steps < 0 or self.num_workers < 0:
+            raise DerainError("lr must be positive; lr_min, warmup_steps and num_workers non-negative")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as plain JSON/pickle-safe values (paths as strings)."""
+        def plain(value: Any) -> Any:
+            if isinstance(value, Path):
+                return str(value)
+            if isinstance(value, (list, tuple)):
+                return [plain(v) for v in value]
+            return value
+
+        return {key: plain(value) for key, value in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What the progress callback hears after every step (on the main process)."""
+
+    step: int
+    steps: int
+    loss: float
+    lr: float
+    its: float  # steps per second, smoothed
+    val_psnr_y: float | None  # this step's validation score, if it validated
+    best_psnr_y: float | None
+
+
+class TrainingStopped(DerainError):
+    """SIGINT/SIGTERM stopped training after a complete step; its checkpoint was saved."""
+
+
+# -- objective, schedule, EMA -------------------------------------------------------------------
+
+
+def matching_loss(sde: IRSDE, noise_pred: Tensor, x_t: Tensor, x0: Tensor, mu: Tensor, t: Tensor) -> Tensor:
+    """L1 between the reverse-SDE mean of x_{t-1} from the predicted noise and the optimal posterior mean (eq. 11-12).
+
+    Per-sample means averaged over the batch, as the reference's MatchingLoss('l1') with weight 1.
+    """
+    predicted = sde.reverse_sde_mean(x_t, mu, noise_pred, t)
+    target = sde.optimal_posterior_mean(x_t, x0, mu, t)
+    return F.l1_loss(predicted, target)
+
+
+def draw_times_and_noise(keys: list[int], seed: int, T: int, shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """Time steps uniform in 1..T and standard normal noise, per sample from the generator of (seed, key)."""
+    times, noises = [], []
+    for key in keys:
+        generator = torch_generator(seed, key, STREAM_NOISE)
+        times.append(torch.randint(1, T + 1, (1,), generator=generator))
+        noises.append(torch.randn(shape, generator=generator))
+    return torch.cat(times), torch.stack(noises)
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Learning rate of step (1-based): linear warm-up to lr, then cosine decay to lr_min at the last step."""
+    if step <= config.warmup_steps:
+        return config.lr * step / config.warmup_steps
+    progress = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
+    return config.lr_min + 0.5 * (config.lr - config.lr_min) * (1 + math.cos(math.pi * progress))
+
+
+class EMA:
+    """Exponential moving average of a model's weights, updated every ``every`` steps.
+
+    Up to step ``start`` it copies the weights; after, the decay warms up as 1 - (1 + s - start)^(-2/3)
+    capped at ``decay`` (the inverse-power warm-up of ema_pytorch that the reference uses).
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.995, every: int = 10, start: int = 100) -> None:
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay, self.every, self.start = decay, every, start
+
+    def decay_at(self, step: int) -> float:
+        """Weight of the average at step (0 means copy the model)."""
+        if step <= self.start:
+            return 0.0
+        return min(self.decay, 1 - (1 + step - self.start) ** (-2 / 3))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        """Move the average towards ``model`` when step is a multiple of ``every``."""
+        if step % self.every:
+            return
+        decay = self.decay_at(step)
+        averages = self.model.state_dict()
+        for name, value in model.state_dict().items():
+            average = averages[name]
+            if average.is_floating_point():
+                average.lerp_(value.to(average.dtype), 1 - decay)
+            else:
+                average.copy_(value)
+
+
+# -- distributed helpers ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Rank, world size and local rank of this process (0, 1, 0 when not distributed)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+
+def init_distributed(device_type: str) -> DistInfo:
+    """Join the process group that torchrun describes (WORLD_SIZE > 1): nccl on CUDA, gloo otherwise."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _all_sum(values: list[float], info: DistInfo, device: torch.device) -> list[float]:
+    """Sum a few numbers over all processes (identity when not distributed)."""
+    if info.world_size == 1:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+# -- the trainer --------------------------------------------------------------------------------
+
+
+class Trainer:
+    """Builds the model, data and optimiser of a TrainConfig (resuming when asked) and runs the loop."""
+
+    def __init__(self, config: TrainConfig, notify: Callable[[str], None] | None = None) -> None:
+        config.check()
+        self.config = config
+        self.out = Path(config.out)
+        self._notify = notify
+        device, warning = resolve_device(config.device)
+        self.dist = init_distributed(device.type)
+        if device.type == "cuda" and self.dist.world_size > 1:
+            device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(device)
+        self.device = device
+        self.is_main = self.dist.rank == 0
+        if warning:
+            self.note(warning)
+        self.amp_dtype = self._amp_dtype()
+        self.sde = IRSDE(config.max_sigma, config.T, config.schedule, config.eps)  # type: ignore[arg-type]
+        self.daclip = self._load_daclip()
+        state = self._resume_state()
+        self.model = self._build_model(state).to(device)
+        self.model.gradient_checkpointing = config.grad_checkpointing
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, betas=config.betas,
+                                           weight_decay=config.weight_decay)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        self.ema = EMA(self.model, config.ema_decay, config.ema_every, config.ema_start)
+        self.step, self.best_psnr_y, self.best_step = 0, None, 0
+        self.log_window: list[float] = [0.0, 0]  # loss sum and step count since the last log row
+        if state is not None:
+            self._load_state(state)
+        self.network: nn.Module = self.model
+        if self.dist.world_size > 1:
+            ids = [device.index] if device.type == "cuda" else None
+            self.network = DistributedDataParallel(self.model, device_ids=ids)
+        self.train_images = PairImages(self._train_folders(), cache=config.cache_images)
+        self.val_pairs = self._val_pairs()
+        self._stop_signal: int | None = None
+        self._complete = True
+
+    # -- setup --
+
+    def note(self, message: str) -> None:
+        """Tell the user something (main process only) and append it to train.log."""
+        if not self.is_main:
+            return
+        if self._notify is not None:
+            self._notify(message)
+        self.out.mkdir(parents=True, exist_ok=True)
+        with (self.out / "train.log").open("a") as log:
+            log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+
+    def _amp_dtype(self) -> torch.dtype | None:
+        """bf16 where CUDA supports it, else fp16; None (fp32) off CUDA or without amp."""
+        if not self.config.amp or self.device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    def _load_daclip(self) -> DACLIP | None:
+        """The frozen DA-CLIP model, or None for a plain U-Net."""
+        if self.config.daclip is None:
+            return None
+        return load_daclip(self.config.daclip).to(self.device).requires_grad_(False)
+
+    def _resume_state(self) -> dict[str, Any] | None:
+        """The saved state of ``out/last`` when resuming; refuse to overwrite a run otherwise."""
+        path = self.out / "last" / "state.pt"
+        if self.is_main:
+            _recover_interrupted_replace(self.out / "last")
+        if not self.config.resume:
+            if path.exists():
+                raise DerainError(f"{self.out} already holds a training run: resume it or choose another folder")
+            return None
+        if not path.exists():
+            self.note(f"nothing to resume in {self.out}: starting a new run")
+            return None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state.get("format") != STATE_FORMAT:
+            raise DerainError(f"{path}: unknown training state format {state.get('format')!r}")
+        changed = [k for k in RESUME_FIXED if state["config"].get(k) != self.config.to_dict()[k]]
+        if changed:
+            was = ", ".join(f"{k}={state['config'][k]!r}" for k in changed)
+            raise DerainError(f"cannot resume with other {', '.join(changed)}: the run used {was}")
+        return state
+
+    def _build_model(self, state: dict[str, Any] | None) -> ConditionalUNet:
+        """The U-Net: as saved when resuming, from_weights when given, else a new one seeded by ``seed``."""
+        config = self.config
+        torch.manual_seed(config.seed)
+        if state is not None:
+            model = ConditionalUNet(**state["unet"])
+        elif config.from_weights is not None:
+            model = load_unet(config.from_weights).train()
+        elif self.daclip is not None:
+            embed_dim = self.daclip.clip.visual.output_dim
+            model = ConditionalUNet(nf=config.nf, ch_mult=config.ch_mult, context_dim=embed_dim,
+                                    use_degra_context=config.use_degra_context,
+                                    use_image_context=config.use_image_context)
+        else:
+            model = ConditionalUNet(nf=config.nf, ch_mult=config.ch_mult, context_dim=None,
+                                    use_degra_context=False, use_image_context=False)
+        needs = model.use_degra_context or model.use_image_context
+        if needs and self.daclip is None:
+            raise DerainError("this U-Net is conditioned on DA-CLIP embeddings: give the DA-CLIP weights")
+        if not needs and self.daclip is not None:
+            raise DerainError("this U-Net takes no DA-CLIP conditioning: train it without DA-CLIP")
+        return model.train()
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        """Restore weights, optimiser, loss scale, EMA, step, best score and the global RNGs."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        self.ema.model.load_state_dict(state["ema"])
+        self.step, self.best_psnr_y, self.best_step = state["step"], state["best_psnr_y"], state["best_step"]
+        self.log_window = state["log_window"] if self.is_main else [0.0, 0]  # rank 0's share of the window
+        _set_rng_state(state["rng"])
+        self.note(f"resumed from {self.out / 'last'} at step {self.step}")
+
+    def _train_folders(self) -> list[PairedFolder]:
+        """The training folders, with a note for files that found no partner."""
+        folders = [find_pairs(d) for d in self.config.data]
+        folders += [PairedFolder(lq, gt) for lq, gt in self.config.pairs]
+        for folder in folders:
+            for path in [*folder.unpaired_lq, *folder.unpaired_gt]:
+                self.note(f"unpaired, not used: {path}")
+        return folders
+
+    def _val_pairs(self) -> ValidationPairs | None:
+        """The validation pairs, if a validation folder was given."""
+        if self.config.val is None:
+            return None
+        images = PairImages([find_pairs(self.config.val)], cache=self.config.cache_images)
+        return ValidationPairs(images, self.config.val_crop, self.config.val_limit)
+
+    # -- one step --
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed precision for the networks on CUDA; a no-op elsewhere."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    @torch.no_grad()
+    def context(self, lq: Tensor) -> dict[str, Tensor]:
+        """DA-CLIP content and degradation embeddings of each LQ image, as the reference (empty without DA-CLIP)."""
+        if self.daclip is None:
+            return {}
+        from derain_cli.daclip import clip_preprocess
+
+        with self._autocast():
+            content, degradation = self.daclip.encode_image(clip_preprocess(lq, self.daclip.image_size), control=True)
+        return {"image_context": content.float(), "text_context": degradation.float()}
+
+    def train_step(self, batch: dict[str, Tensor], step: int) -> Tensor:
+        """One optimiser step on a batch; returns the (detached) loss of this process's samples."""
+        lq = batch["lq"].to(self.device, non_blocking=True)
+        gt = batch["gt"].to(self.device, non_blocking=True)
+        t, noise = draw_times_and_noise(batch["key"].tolist(), self.config.seed, self.config.T, tuple(lq.shape[1:]))
+        t, noise = t.to(self.device), noise.to(self.device)
+        x_t = self.sde.noisy_state(gt, lq, t, noise)
+        context = self.context(lq)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(step, self.config)
+        with self._autocast():
+            noise_pred = self.network(x_t, lq, t, **context)
+        loss = matching_loss(self.sde, noise_pred.float(), x_t, gt, lq, t)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.config.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.ema.update(self.model, step)
+        return loss.detach()
+
+    # -- validation --
+
+    def _ema_denoiser(self, x_t: Tensor, mu: Tensor, t: Tensor, **context: Tensor) -> Tensor:
+        """The EMA model's noise prediction in fp32."""
+        with self._autocast():
+            return self.ema.model(x_t, mu, t, **context).float()
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        """Mean PSNR_Y of the EMA model's restorations (8-bit, seeded sampler) over the validation pairs."""
+        assert self.val_pairs is not None
+        total, count = 0.0, 0
+        for i in range(self.dist.rank, len(self.val_pairs), self.dist.world_size):
+            _, lq, gt = self.val_pairs[i]
+            lq = lq[None].to(self.device)
+            generator = torch.Generator().manual_seed(self.config.val_seed)
+            out = self.sde.sample(self._ema_denoiser, lq, steps=self.config.val_steps, generator=generator,
+                                  **self.context(lq))
+            image = (out[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+            total += score_pair(image, gt)["psnr_y"]
+            count += 1
+        total, count = _all_sum([total, count], self.dist, self.device)
+        return total / count
+
+    # -- checkpoints --
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume, as tensors and plain Python values only."""
+        return {
+            "format": STATE_FORMAT,
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "best_psnr_y": self.best_psnr_y,
+            "best_step": self.best_step,
+            "log_window": self.log_window,
+            "rng": _rng_state(),
+            "sampler": {"next_sample": self.step * self.config.batch_size, "seed": self.config.seed},
+            "unet": self.model.config,
+            "sde": self.sde.config,
+            "config": self.config.to_dict(),
+        }
+
+    def save(self, name: str, val_psnr_y: float | None = None) -> Path:
+        """Write EMA weights, their JSON config and the resumable state to out/name (atomically)."""
+        folder = self.out / name
+        tmp = self.out / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        training = {"step": self.step, "val_psnr_y": val_psnr_y, "daclip": self.config.to_dict()["daclip"]}
+        config = {"unet": self.model.config, "sde": self.sde.config, "training": training}
+        save_safetensors(self.ema.model.state_dict(), tmp / "unet.safetensors", config)
+        torch.save(self.state_dict(), tmp / "state.pt")
+        _replace_dir(tmp, folder)
+        return folder
+
+    def _save_periodic(self) -> None:
+        """Write last/ and a step-numbered copy, keeping only the newest few numbered ones."""
+        self.save("last")
+        if self.config.keep_checkpoints < 1:
+            return
+        self.save(f"step-{self.step:08d}")
+        numbered = sorted(self.out.glob("step-" + "[0-9]" * 8))
+        for old in numbered[:-self.config.keep_checkpoints]:
+            shutil.rmtree(old)
+
+    def result(self) -> Path:
+        """The exported weights: best/ when validation ran, else last/."""
+        best = self.out / "best" / "unet.safetensors"
+        return best if best.exists() else self.out / "last" / "unet.safetensors"
+
+    # -- the loop --
+
+    def run(self, progress: Callable[[StepInfo], None] | None = None) -> Path:
+        """Train until config.steps (saving, validating and logging as configured); return the weights."""
+        config = self.config
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            _trim_log(self.out / "log.csv", self.step)
+        if self.step >= config.steps:
+            self.note(f"already trained {self.step} of {config.steps} steps")
+            return self.result()
+        dataset = RandomPatches(self.train_images, config.patch_size, config.seed)
+        batches = StepBatches(config.batch_size, config.steps, self.step, self.dist.rank, self.dist.world_size)
+        loader = DataLoader(dataset, batch_sampler=batches, num_workers=config.num_workers,
+                            pin_memory=self.device.type == "cuda")
+        params = sum(p.numel() for p in self.model.parameters())
+        self.note(f"training {params:,} parameters on {self.device} x{self.dist.world_size}, "
+                  f"{len(self.train_images)} pairs, steps {self.step + 1}..{config.steps}")
+        try:
+            with self._stop_requests():
+                self._loop(loader, progress)
+        except KeyboardInterrupt:
+            if self._complete and self.is_main:
+                self.save("last")
+                self.note(f"interrupted: saved step {self.step} in {self.out / 'last'}")
+            raise
+        finally:
+            if self.is_main:
+                plot_log(read_log(self.out / "log.csv"), self.out / "loss.png")
+        return self.result()
+
+    def _loop(self, loader: DataLoader, progress: Callable[[StepInfo], None] | None) -> None:
+        """The training steps, with logging, validation, checkpoints and stop requests between them."""
+        config = self.config
+        window_start, window_first = time.perf_counter(), self.step
+        its, last_time = 0.0, time.perf_counter()
+        for batch in loader:
+            step = self.step + 1
+            self._complete = False
+            loss = self.train_step(batch, step)
+            self.step = step
+            self._complete = True
+            loss_value = float(loss)
+            self.log_window = [self.log_window[0] + loss_value, self.log_window[1] + 1]
+            now = time.perf_counter()
+            rate, last_time = 1 / max(now - last_time, 1e-9), now
+            its = rate if its == 0 else 0.9 * its + 0.1 * rate
+            val = None
+            if self.val_pairs is not None and (step % config.val_every == 0 or step == config.steps):
+                val = self._validate_and_keep_best()
+            if step % config.log_every == 0 or val is not None or step == config.steps:
+                total, count = _all_sum(self.log_window, self.dist, self.device)
+                window_rate = (step - window_first) / max(time.perf_counter() - window_start, 1e-9)
+                self._log_row(step, total / count, window_rate, val)
+                self.log_window = [0.0, 0]
+                window_start, window_first = time.perf_counter(), step
+            if self.is_main and (step % config.ckpt_every == 0 or step == config.steps):
+                self._save_periodic()
+                plot_log(read_log(self.out / "log.csv"), self.out / "loss.png")
+            if progress is not None and self.is_main:
+                progress(StepInfo(step, config.steps, loss_value, lr_at(step, config), its, val, self.best_psnr_y))
+            self._check_stop()
+
+    def _validate_and_keep_best(self) -> float:
+        """Validate; save best/ when the score beats the best so far."""
+        score = self.validate()
+        if self.best_psnr_y is None or score > self.best_psnr_y:
+            self.best_psnr_y, self.best_step = score, self.step
+            if self.is_main:
+                self.save("best", score)
+        self.note(f"step {self.step}: validation PSNR_Y {score:.3f} dB "
+                  f"(best {self.best_psnr_y:.3f} at step {self.best_step})")
+        return score
+
+    def _log_row(self, step: int, loss: float, rate: float, val: float | None) -> None:
+        """Append a row to log.csv (main process)."""
+        if not self.is_main:
+            return
+        path = self.out / "log.csv"
+        new = not path.exists()
+        with path.open("a", newline="") as file:
+            writer = csv.writer(file)
+            if new:
+                writer.writerow(LOG_COLUMNS)
+            writer.writerow([step, f"{loss:.6g}", f"{lr_at(step, self.config):.6g}", f"{rate:.4g}",
+                             "" if val is None else f"{val:.4f}"])
+
+    @contextlib.contextmanager
+    def _stop_requests(self) -> Iterator[None]:
+        """Turn SIGINT/SIGTERM into a stop after the current step (a second SIGINT interrupts at once)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request(signum: int, frame: object) -> None:
+            if self._stop_signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+
+        previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _check_stop(self) -> None:
+        """After a step: if any process was asked to stop, save last/ and raise TrainingStopped."""
+        requested, _ = _all_sum([float(self._stop_signal is not None), 0.0], self.dist, self.device)
+        if not requested:
+            return
+        if self.is_main:
+            self.save("last")
+        name = signal.Signals(self._stop_signal).name if self._stop_signal else "another process"
+        raise TrainingStopped(f"stopped by {name} after step {self.step}; saved {self.out / 'last'}, "
+                              "continue with resume")
+
+    def close(self) -> None:
+        """Leave the process group if this trainer joined one."""
+        if self.dist.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def train(config: TrainConfig, progress: Callable[[StepInfo], None] | None = None,
+          notify: Callable[[str], None] | None = None) -> Path:
+    """Train (or resume) as configured; return the exported EMA weights (best/ if validated, else last/)."""
+    trainer = Trainer(config, notify)
+    try:
+        return trainer.run(progress)
+    finally:
+        trainer.close()
+
+
+# -- files --------------------------------------------------------------------------------------
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Put folder ``new`` in place of ``target``: the old one is moved aside first, then removed."""
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    new.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _recover_interrupted_replace(target: Path) -> None:
+    """Bring back ``target`` from its moved-aside copy if a replacement was cut short."""
+    old = target.with_name(f".{target.name}.old")
+    if not target.exists() and old.exists():
+        old.rename(target)
+
+
+def read_log(path: Path) -> list[dict[str, float | None]]:
+    """The rows of log.csv as numbers (empty cells as None); [] when there is no log."""
+    if not path.exists():
+        return []
+    with path.open(newline="") as file:
+        return [{k: float(v) if v else None for k, v in row.items()} for row in csv.DictReader(file)]
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """Drop the log rows after ``step`` (written after the checkpoint a run resumes from)."""
+    if not path.exists():
+        return
+    with path.open(newline="") as file:
+        rows = list(csv.reader(file))
+    kept = rows[:1] + [row for row in rows[1:] if int(row[0]) <= step]
+    with path.open("w", newline="") as file:
+        csv.writer(file).writerows(kept)
+
+
+def _rng_state() -> dict[str, Any]:
+    """The global torch, CUDA, numpy and Python RNG states as tensors and plain values."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what _rng_state saved."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+# -- plot ---------------------------------------------------------------------------------------
+
+PLOT_SIZE = (900, 600)
+MARGIN = (70, 20, 20, 40)  # left, top, right, bottom of each panel
+LOSS_RAW, LOSS_SMOOTH, PSNR_COLOUR = (166, 206, 227), (31, 119, 180), (214, 39, 40)
+AXIS_COLOUR, GRID_COLOUR = (0, 0, 0), (225, 225, 225)
+Series = tuple[list[float], tuple[int, int, int]]
+
+
+def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
+    """About ``count`` round tick positions (1, 2 or 5 times a power of ten apart) within [low, high]."""
+    if high <= low:
+        high = low + 1
+    raw = (high - low) / count
+    power = 10 ** math.floor(math.log10(raw))
+    spacing = min((m * power for m in (1, 2, 5, 10)), key=lambda step: abs(step - raw))
+    first = math.ceil(low / spacing) * spacing
+    return [round(first + i * spacing, 12) for i in range(int((high - first) / spacing + 1e-9) + 1)]
+
+
+def log_ticks(low: float, high: float) -> list[float]:
+    """Tick positions (as log10 values) at 1, 2 and 5 times powers of ten within [10^low, 10^high]."""
+    for mantissas in ((1,), (1, 2, 5), tuple(range(1, 10))):
+        ticks = [math.log10(m) + k for k in range(math.floor(low), math.ceil(high) + 1) for m in mantissas]
+        ticks = [t for t in ticks if low <= t <= high]
+        if len(ticks) >= 3:
+            return ticks
+    return nice_ticks(low, high)
+
+
+def smooth(values: list[float], weight: float = 0.9) -> list[float]:
+    """Exponential moving average of a series, started at its first value."""
+    out: list[float] = []
+    for value in values:
+        out.append(value if not out else weight * out[-1] + (1 - weight) * value)
+    return out
+
+
+def _font(size: int = 12) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's built-in font (scalable since Pillow 10.1)."""
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:
+        return ImageFont.load_default()
+
+
+def _panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], xs: list[float], series: list[Series],
+           title: str, log_y: bool) -> None:
+    """Line plots of each series against xs inside box, with axes, grid, tick labels and a title."""
+    font = _font()
+    left, top, right, bottom = box[0] + MARGIN[0], box[1] + MARGIN[1], box[2] - MARGIN[2], box[3] - MARGIN[3]
+    series = [([math.log10(y) for y in ys] if log_y else ys, colour) for ys, colour in series]
+    x_lo, x_hi = min(xs), max(max(xs), min(xs) + 1)
+    y_lo, y_hi = min(min(ys) for ys, _ in series), max(max(ys) for ys, _ in series)
+    pad = (y_hi - y_lo) * 0.05 or 0.5
+    y_lo, y_hi = y_lo - pad, y_hi + pad
+
+    def px(x: float, y: float) -> tuple[float, float]:
+        return (left + (x - x_lo) / (x_hi - x_lo) * (right - left),
+                bottom - (y - y_lo) / (y_hi - y_lo) * (bottom - top))
+
+    for tick in log_ticks(y_lo, y_hi) if log_y else nice_ticks(y_lo, y_hi):
+        _, y = px(x_lo, tick)
+        draw.line([(left, y), (right, y)], fill=GRID_COLOUR)
+        label = f"{10 ** tick:.3g}" if log_y else f"{tick:.4g}"
+        draw.text((left - 6, y), label, fill=AXIS_COLOUR, font=font, anchor="rm")
+    for tick in nice_ticks(x_lo, x_hi):
+        x, _ = px(tick, y_lo)
+        draw.line([(x, bottom), (x, bottom + 4)], fill=AXIS_COLOUR)
+        draw.text((x, bottom + 6), f"{tick:g}", fill=AXIS_COLOUR, font=font, anchor="ma")
+    draw.rectangle([left, top, right, bottom], outline=AXIS_COLOUR)
+    for ys, colour in series:
+        points = [px(x, y) for x, y in zip(xs, ys)]
+        if len(points) > 1:
+            draw.line(points, fill=colour, width=2)
+        x, y = points[-1]
+        draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
+    draw.text((left, top - 4), title, fill=AXIS_COLOUR, font=font, anchor="lb")
+    draw.text(((left + right) / 2, box[3] - 4), "step", fill=AXIS_COLOUR, font=font, anchor="mb")
+
+
+def plot_log(rows: list[dict[str, float | None]], path: Path) -> None:
+    """Draw the training loss (log scale, raw and smoothed) and validation PSNR_Y against step, with Pillow only."""
+    image = Image.new("RGB", PLOT_SIZE, "white")
+    draw = ImageDraw.Draw(image)
+    losses = [(r["step"], r["loss"]) for r in rows if r.get("loss") and r["loss"] > 0]
+    scores = [(r["step"], r["val_psnr_y"]) for r in rows if r.get("val_psnr_y") is not None]
+    width, height = PLOT_SIZE
+    split = height // 2 if scores else height
+    if losses:
+        steps, values = [s for s, _ in losses], [v for _, v in losses]
+        _panel(draw, (0, 0, width, split), steps, [(values, LOSS_RAW), (smooth(values), LOSS_SMOOTH)],
+               "training loss (L1; light: logged, dark: smoothed)", log_y=True)
+    else:
+        draw.text((width / 2, split / 2), "no loss logged yet", fill=AXIS_COLOUR, font=_font(), anchor="mm")
+    if scores:
+        _panel(draw, (0, split, width, height), [s for s, _ in scores], [([v for _, v in scores], PSNR_COLOUR)],
+               "validation PSNR_Y (dB)", log_y=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
