@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from derain_cli.errors import DerainError
-from derain_cli.imageio import read_image, write_image
+from derain_cli.imageio import read_image, to_uint8, write_image
 from derain_cli.jobs import scan_images
 from derain_cli.metrics import score_pair
 from derain_cli.pairing import pair_files
@@ -42,12 +42,6 @@ class BenchReport:
         return {"images": self.images, "mean": self.mean, "crop_border": self.crop_border,
                 "unpaired_inputs": self.unpaired_inputs, "unpaired_gts": self.unpaired_gts,
                 "notes": self.notes}
-
-
-def to_uint8(rgb: torch.Tensor) -> np.ndarray:
-    """[1, 3, H, W] in 0..1 to an H x W x 3 uint8 array, rounded as images are saved."""
-    array = rgb[0].clamp(0, 1).permute(1, 2, 0).cpu().double().numpy()
-    return np.round(array * 255).astype(np.uint8)
 
 
 def load_lpips() -> tuple[Callable | None, str | None]:

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
-from derain_cli.errors import DerainError, ImageError
+from derain_cli.errors import DerainError
+from derain_cli.imageio import read_rgb8
 from derain_cli.pairing import pair_files
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
@@ -53,15 +53,6 @@ def list_images(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise DerainError(f"{folder}: no such folder")
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-
-
-def read_rgb8(path: Path) -> np.ndarray:
-    """An image file as a uint8 H x W x 3 RGB array, EXIF orientation applied, alpha dropped."""
-    try:
-        with Image.open(path) as img:
-            return np.asarray(ImageOps.exif_transpose(img).convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as err:
-        raise ImageError(f"cannot read image {path}: {err}") from None
 
 
 class PairedFolder:

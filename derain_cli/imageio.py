@@ -309,6 +309,16 @@ def _to_tensor(pixels: np.ndarray, bits: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------- writing
 
 
+def to_uint8(rgb: torch.Tensor) -> np.ndarray:
+    """[1, 3, H, W] in 0..1 to an H x W x 3 uint8 array, rounded exactly as 8-bit files are written."""
+    return _quantize(rgb, 8, grayscale=False)
+
+
+def read_rgb8(path: str | os.PathLike[str]) -> np.ndarray:
+    """An image file as an H x W x 3 uint8 RGB array: upright, grayscale expanded, alpha dropped."""
+    return to_uint8(read_image(path).rgb)
+
+
 def write_image(path: str | os.PathLike[str], rgb: torch.Tensor, like: LoadedImage,
                 quality: int | None = None) -> None:
     """Encode an RGB tensor [1, 3, H, W] in [0, 1] with `like`'s alpha, mode, depth, ICC and EXIF, atomically.

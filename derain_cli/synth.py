@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import DerainError, ImageError
-from .imageio import atomic_write, read_image
+from .imageio import atomic_write, read_rgb8
 
 Range = tuple[float, float]
 
@@ -255,12 +255,6 @@ def image_rng(seed: int, name: str, copy: int) -> np.random.Generator:
         raise ValueError(f"seed must be non-negative, got {seed}")
     digest = int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "little")
     return np.random.default_rng(np.random.SeedSequence([seed, digest, copy]))
-
-
-def read_rgb8(path: Path) -> np.ndarray:
-    """Return an image file as uint8 HxWx3 RGB, EXIF orientation applied, alpha dropped."""
-    rgb = read_image(path).rgb[0].permute(1, 2, 0).numpy()
-    return np.round(rgb * 255.0).astype(np.uint8)
 
 
 def write_png_atomic(array: np.ndarray, path: Path) -> None:
