@@ -477,7 +477,10 @@ def main() -> None:
     """Run the CLI; known failures become one line on stderr and exit code 1."""
     import warnings
 
+    from derain_cli.devices import keep_freed_memory
+
     warnings.showwarning = _show_warning
+    keep_freed_memory()
     try:
         app()
     except DerainError as error:
