@@ -475,11 +475,13 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def main() -> None:
     """Run the CLI; known failures become one line on stderr and exit code 1."""
+    import logging
     import warnings
 
     from derain_cli.devices import keep_freed_memory
 
     warnings.showwarning = _show_warning
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")  # e.g. alpha dropped for JPEG
     keep_freed_memory()
     try:
         app()

@@ -1,0 +1,39 @@
+"""Model options to pipelines: config beside a checkpoint, flags overriding it, manifest models."""
+
+import json
+
+import pytest
+
+from derain_cli.errors import DerainError
+from derain_cli.resolve import DEFAULT_SDE, ModelSpec, load
+
+
+def test_sde_settings_come_from_the_json_beside_the_checkpoint(plain_unet_file):
+    loaded = load(ModelSpec(unet=plain_unet_file), device="cpu")
+    assert loaded.pipeline.sde.config["max_sigma"] == 10
+
+
+def test_flags_override_the_json_and_bare_files_get_the_universal_defaults(plain_unet_file, tmp_path):
+    loaded = load(ModelSpec(unet=plain_unet_file, max_sigma=30, schedule="linear"), device="cpu")
+    assert loaded.pipeline.sde.config == {**DEFAULT_SDE, "max_sigma": 30, "schedule": "linear"}
+    bare = tmp_path / "bare.safetensors"
+    bare.write_bytes(plain_unet_file.read_bytes())
+    assert load(ModelSpec(unet=bare), device="cpu").pipeline.sde.config == DEFAULT_SDE
+
+
+def test_default_steps_and_sampler_come_from_the_sidecar(plain_unet_file, tmp_path):
+    copy = tmp_path / "m.safetensors"
+    copy.write_bytes(plain_unet_file.read_bytes())
+    copy.with_suffix(".json").write_text(json.dumps({"sde": {"max_sigma": 10}, "steps": 7, "sampler": "ode"}))
+    loaded = load(ModelSpec(unet=copy), device="cpu")
+    assert (loaded.steps, loaded.sampler) == (7, "ode")
+
+
+def test_missing_checkpoint_and_bad_sidecar_are_clear_errors(plain_unet_file, tmp_path):
+    with pytest.raises(DerainError, match="no such checkpoint"):
+        load(ModelSpec(unet=tmp_path / "nope.pth"), device="cpu")
+    copy = tmp_path / "m.safetensors"
+    copy.write_bytes(plain_unet_file.read_bytes())
+    copy.with_suffix(".json").write_text("{broken")
+    with pytest.raises(DerainError, match="m.json"):
+        load(ModelSpec(unet=copy), device="cpu")
