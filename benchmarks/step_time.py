@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from derain_cli.devices import keep_freed_memory
 from derain_cli.sde import IRSDE
 from derain_cli.unet import ConditionalUNet
 
@@ -25,7 +26,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--height", type=int, default=320)
     parser.add_argument("--width", type=int, default=480)
+    parser.add_argument("--plain-malloc", action="store_true",
+                        help="Do not keep freed memory in the heap (the CLI does keep it).")
     args = parser.parse_args()
+    if not args.plain_malloc:
+        keep_freed_memory()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     unet = ConditionalUNet(nf=64, ch_mult=[1, 2, 4, 8], context_dim=512, use_degra_context=True,
@@ -46,7 +51,8 @@ def main() -> None:
                 cpu.append(time.process_time() - start_cpu)
     params = sum(p.numel() for p in unet.parameters())
     print(f"universal-ir U-Net ({params / 1e6:.1f} M parameters), {args.width}x{args.height}, "
-          f"{args.threads} thread(s), {args.repeats} steps")
+          f"{args.threads} thread(s), {args.repeats} steps, "
+          f"{'plain malloc' if args.plain_malloc else 'freed memory kept (as the CLI)'}")
     print(f"seconds per step: median wall {statistics.median(wall):.2f}, median CPU {statistics.median(cpu):.2f}")
 
 
