@@ -434,6 +434,8 @@ def weights_verify(names: Annotated[Optional[list[str]], typer.Argument(help="We
 
     m = load_manifest(manifest)
     selected = weights_names(m, names) if names else [n for n, e in m.weights.items() if is_cached(e)]
+    if not selected:
+        out.print("no weights are downloaded yet: nothing to verify (see `derain weights list`)")
     bad = 0
     for name in selected:
         ok, message = verify(get_weights(m, name))
