@@ -21,7 +21,8 @@ from derain_cli.data import RandomPatches
 from derain_cli.errors import DerainError
 from derain_cli.sde import IRSDE
 from derain_cli.train import (EMA, TrainConfig, Trainer, TrainingStopped, draw_times_and_noise, lr_at,
-                              matching_loss, nice_ticks, plot_log, read_log, train)
+                              matching_loss, train)
+from derain_cli.trainlog import nice_ticks, plot_log, read_log
 from derain_cli.unet import ConditionalUNet
 
 REPO = Path(__file__).resolve().parents[1]
