@@ -22,7 +22,7 @@ weights_app = typer.Typer(help="List, download, verify and convert model weights
 app.add_typer(weights_app, name="weights")
 
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # messages stay one line, whatever the width
 
 # -- shared options ---------------------------------------------------------------------------
 
