@@ -414,11 +414,16 @@ class ConditionalUNet(nn.Module):
         return self.final_conv(x)[..., :height, :width]
 
     def _pad(self, x: Tensor) -> Tensor:
-        """Reflect-pad the bottom and right edges to a multiple of 2 ** depth."""
+        """Reflect-pad the bottom and right edges to a multiple of 2 ** depth (as the reference).
+
+        Images too small to reflect (a pad as large as the side) are edge-padded instead, where
+        the reference would fail.
+        """
         size = 2**self.depth
         pad_h = -x.shape[-2] % size
         pad_w = -x.shape[-1] % size
-        return F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
+        mode = "reflect" if pad_h < x.shape[-2] and pad_w < x.shape[-1] else "replicate"
+        return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
 
     def _embed(self, x: Tensor, t: Tensor | int | float, text_context: Tensor | None) -> Tensor:
         """Time embedding, plus prompt_mlp(softmax(text_mlp(e_d)) * prompt) when e_d is given."""

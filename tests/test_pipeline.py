@@ -109,3 +109,8 @@ def test_auto_tiling_keeps_small_images_whole(plain, monkeypatch):
     assert plain._tile_size("auto", 64, 64) is None
     monkeypatch.setattr(pipeline_module, "free_memory_bytes", lambda device: 8 * 1024**2)
     assert plain._tile_size("auto", 2000, 3000) is not None
+
+
+def test_images_smaller_than_the_unet_multiple_are_restored(plain):
+    out = plain.restore(torch.rand(1, 3, 3, 2), FEW)
+    assert out.shape == (1, 3, 3, 2)
