@@ -117,23 +117,36 @@ class TiledDenoiser:
         return out / total
 
 
+# Floats per pixel held by the reference's linear attention, whose width is fixed (4 heads x 32
+# channels) whatever nf is: q, k, v (3 x 128), their softmax copies and the output. Calibrated on
+# the CPU with benchmarks/memory.py (about 4.1 KB per pixel for an nf=8 U-Net).
+LINEAR_ATTENTION_FLOATS = 8 * 128
+
+
 def estimate_forward_bytes(unet_config: dict, height: int, width: int, dtype_bytes: int = 4) -> int:
     """Rough peak activation memory of one U-Net call on a ``height`` x ``width`` input.
 
-    Convolution activations grow linearly with the pixel count; the cross-attention blocks at the
-    lowest resolution hold a (tokens x tokens) matrix per head, which grows quadratically.
+    Per level (resolution halved each time): the convolution activations and skips (about 6 x the
+    level's channels per pixel) and the fixed-width linear attention; the cross-attention blocks
+    of the lowest levels (image context) hold a (tokens x tokens) matrix per head instead, which
+    grows quadratically.
     """
     nf, ch_mult = unet_config["nf"], list(unet_config["ch_mult"])
     pixels = height * width
-    linear = 0.0
-    for level, mult in enumerate([1] + ch_mult):
-        linear += 6 * nf * mult * pixels / 4 ** min(level, len(ch_mult) - 1)
-    quadratic = 0.0
-    if unet_config.get("use_image_context") and unet_config.get("context_dim"):
+    transformer = bool(unet_config.get("use_image_context") and unet_config.get("context_dim"))
+    linear = quadratic = 0.0
+    for level, mult in enumerate(ch_mult):
+        level_pixels = pixels / 4**level
+        linear += 6 * nf * mult * level_pixels
+        if transformer and level >= 3:
+            heads = nf * mult // 32
+            quadratic += 2 * heads * level_pixels**2
+        else:
+            linear += LINEAR_ATTENTION_FLOATS * level_pixels
+    if transformer:  # the middle block attends at the lowest resolution
         tokens = pixels / 4 ** (len(ch_mult) - 1)
-        heads = nf * (ch_mult[-1] + ch_mult[-2]) // 32
-        quadratic = 2 * heads * tokens**2
-    return int((linear + quadratic) * dtype_bytes * 1.5)
+        quadratic += 2 * (nf * ch_mult[-1] // 32) * tokens**2
+    return int((linear + quadratic) * dtype_bytes * 1.2)
 
 
 def auto_tile_size(unet_config: dict, height: int, width: int, budget_bytes: int,
