@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from derain_cli.errors import DerainError
-from derain_cli.imageio import IMAGE_EXTENSIONS, read_image, write_image
+from derain_cli.imageio import is_image_file, read_image, write_image
 from derain_cli.pipeline import DerainPipeline, SampleOptions
 from derain_cli.sde import StepCallback
 
@@ -61,7 +61,7 @@ def scan_images(in_dir: Path, recursive: bool = False, exclude: Path | None = No
     pattern = "**/*" if recursive else "*"
     found = []
     for path in in_dir.glob(pattern):
-        if not path.is_file() or path.suffix.lower() not in IMAGE_EXTENSIONS:
+        if not path.is_file() or not is_image_file(path):
             continue
         if exclude is not None and exclude in path.parents:
             continue
