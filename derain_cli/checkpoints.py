@@ -125,9 +125,16 @@ def _describe_error(err: BaseException) -> str:
 
 
 def _unwrap_training_checkpoint(obj: object, path: Path) -> Mapping:
-    """Return the state dict of a training checkpoint {"epoch", "name", "state_dict", "optimizer", ...}."""
+    """Return the state dict of a training checkpoint.
+
+    Two layouts: the reference's {"epoch", "name", "state_dict", "optimizer", ...}, and the ``state.pt``
+    that ``derain train`` writes beside its EMA weights, {"format", "step", "model", "ema", ...}, whose
+    "model" entry holds the raw (not averaged) weights.
+    """
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
+    elif isinstance(obj, Mapping) and "format" in obj and isinstance(obj.get("model"), Mapping):
+        obj = obj["model"]
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: not a state dict (the file holds a {type(obj).__name__})")
     return obj

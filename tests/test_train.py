@@ -156,6 +156,9 @@ def test_checkpoints_hold_ema_weights_config_and_resumable_state(tmp_path, rain_
     assert sidecar["sde"] == {"max_sigma": 50.0, "T": 100, "schedule": "cosine", "eps": 0.005}
     assert sidecar["training"]["step"] == 9
     assert (out / "loss.png").exists() and (out / "train.log").exists()
+    raw = load_unet(out / "last" / "state.pt")  # the raw weights, e.g. to fine-tune from with --from
+    for name, tensor in raw.state_dict().items():
+        assert torch.equal(tensor, state["model"][name])
 
 
 class Crash(Exception):
