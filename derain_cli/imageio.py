@@ -23,7 +23,6 @@ from typing import BinaryIO, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, TiffImagePlugin, UnidentifiedImageError
 
 from derain_cli.errors import ImageError
@@ -532,34 +531,3 @@ def _encode_tiff(f: BinaryIO, out: _Output) -> None:
 
 _ENCODERS: dict[str, Callable[[BinaryIO, _Output], None]] = {
     "BMP": _encode_bmp, "JPEG": _encode_jpeg, "PNG": _encode_png, "TIFF": _encode_tiff, "WEBP": _encode_webp}
-
-
-# ----------------------------------------------------------------------------------------- padding
-
-
-PadMode = Literal["reflect", "replicate", "constant"]
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int, mode: PadMode = "reflect") -> tuple[torch.Tensor, tuple[int, int]]:
-    """Pad [..., H, W] at the bottom and right up to multiples of `multiple`; also returns the original (H, W).
-
-    Reflect padding needs the pad to be smaller than the side, so images smaller than that (tiny
-    images, or `multiple` larger than the side) are padded with "replicate" instead.
-    """
-    if multiple < 1:
-        raise ValueError(f"multiple must be >= 1, got {multiple}")
-    height, width = x.shape[-2:]
-    pad_h, pad_w = -height % multiple, -width % multiple
-    if pad_h == pad_w == 0:
-        return x, (height, width)
-    if mode == "reflect" and (pad_h >= height or pad_w >= width):
-        mode = "replicate"
-    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode), (height, width)
-
-
-def crop_to(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """Top-left [..., h, w] crop of a padded tensor (undoes `pad_to_multiple`)."""
-    height, width = hw
-    if height > x.shape[-2] or width > x.shape[-1]:
-        raise ValueError(f"cannot crop {tuple(x.shape[-2:])} to the larger {hw}")
-    return x[..., :height, :width]

@@ -17,9 +17,7 @@ from derain_cli.errors import ImageError
 from derain_cli.imageio import (
     IMAGE_EXTENSIONS,
     LoadedImage,
-    crop_to,
     is_image_file,
-    pad_to_multiple,
     read_image,
     write_image,
 )
@@ -422,24 +420,3 @@ def test_image_extensions_and_is_image_file() -> None:
     assert {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"} == IMAGE_EXTENSIONS
     assert is_image_file("a/B.JPG") and is_image_file("x.tiff")
     assert not is_image_file("notes.txt") and not is_image_file(".out.png.1a2b.tmp")
-
-
-# ------------------------------------------------------------------------------ padding
-
-
-@pytest.mark.parametrize("hw", [(5, 7), (16, 16), (17, 30)])
-def test_pad_to_multiple_then_crop_to_restores_the_input(hw: tuple[int, int]) -> None:
-    x = torch.rand(1, 3, *hw)
-    padded, size = pad_to_multiple(x, 8)
-    assert size == hw and padded.shape[-2] % 8 == 0 and padded.shape[-1] % 8 == 0
-    assert padded.shape[-2] - hw[0] < 8 and padded.shape[-1] - hw[1] < 8
-    assert torch.equal(crop_to(padded, size), x)
-
-
-def test_pad_reflects_and_falls_back_to_replicate_for_tiny_images() -> None:
-    x = torch.arange(6.0).view(1, 1, 2, 3)
-    reflected, _ = pad_to_multiple(x, 4)  # pads 2 rows, 1 column: rows need replicate (pad >= height)
-    assert torch.equal(reflected[0, 0, :, 3], reflected[0, 0, :, 2])
-    wide = torch.arange(10.0).view(1, 1, 1, 10)
-    padded, _ = pad_to_multiple(torch.cat([wide] * 5, dim=2), 4)  # 5x10 -> 8x12, reflect fits
-    assert torch.equal(padded[0, 0, 0, 10:], torch.tensor([8.0, 7.0]))
