@@ -15,7 +15,7 @@ from torch import Tensor
 from derain_cli.checkpoints import load_daclip, load_unet
 from derain_cli.devices import free_memory_bytes, resolve_device, resolve_precision
 from derain_cli.errors import DerainError
-from derain_cli.sde import IRSDE, Sampler, StepCallback
+from derain_cli.sde import IRSDE, PREDICTIONS, Prediction, Sampler, StepCallback
 from derain_cli.tiling import TiledDenoiser, auto_tile_size
 from derain_cli.unet import ConditionalUNet
 
@@ -40,10 +40,18 @@ class SampleOptions:
 
 
 class DerainPipeline:
-    """Restores rainy images with an IR-SDE U-Net, optionally conditioned on DA-CLIP embeddings."""
+    """Restores rainy images with an IR-SDE U-Net, optionally conditioned on DA-CLIP embeddings.
+
+    ``prediction`` says what the U-Net outputs: the noise (the published models) or the clean image
+    (``derain train --prediction x0``, as the bundled compact model).
+    """
 
     def __init__(self, unet: ConditionalUNet, sde: IRSDE, daclip: DACLIP | None = None,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 prediction: Prediction = "noise") -> None:
+        if prediction not in PREDICTIONS:
+            raise DerainError(f"unknown prediction {prediction!r}; choose from {list(PREDICTIONS)}")
+        self.prediction = prediction
         self.device = torch.device(device)
         self.dtype = dtype
         self.unet = unet.to(self.device).eval()
@@ -56,12 +64,13 @@ class DerainPipeline:
     @classmethod
     def from_files(cls, unet_path: str | Path, daclip_path: str | Path | None = None,
                    sde: IRSDE | None = None, device: str = "auto",
-                   precision: str = "auto") -> DerainPipeline:
+                   precision: str = "auto", prediction: Prediction = "noise") -> DerainPipeline:
         """Build a pipeline from checkpoint files (architecture inferred from the tensors)."""
         torch_device, _ = resolve_device(device)
         unet = load_unet(unet_path)
         daclip = load_daclip(daclip_path) if daclip_path is not None else None
-        return cls(unet, sde or IRSDE(), daclip, torch_device, resolve_precision(precision, torch_device))
+        return cls(unet, sde or IRSDE(), daclip, torch_device, resolve_precision(precision, torch_device),
+                   prediction)
 
     @property
     def needs_daclip(self) -> bool:
@@ -87,7 +96,7 @@ class DerainPipeline:
         return {"image_context": content.float(), "text_context": degradation.float()}
 
     def denoiser(self, x_t: Tensor, mu: Tensor, t: Tensor, **context: Tensor) -> Tensor:
-        """The U-Net's noise prediction in the pipeline's precision, returned in fp32."""
+        """The U-Net's output (noise, or clean image: see ``prediction``) in the pipeline's precision, as fp32."""
         with self._autocast():
             return self.unet(x_t, mu, t, **context).float()
 
@@ -115,7 +124,7 @@ class DerainPipeline:
         if options.seed is not None:
             generator = torch.Generator("cpu").manual_seed(options.seed)
         out = self.sde.sample(denoiser, lq, steps=options.steps, sampler=options.sampler,
-                              generator=generator, callback=callback, **context)
+                              generator=generator, callback=callback, prediction=self.prediction, **context)
         return out.clamp(0, 1)
 
     def __call__(self, image: Image.Image | Tensor, options: SampleOptions = SampleOptions(),

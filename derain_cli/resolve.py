@@ -39,6 +39,7 @@ class Loaded:
     description: str
     steps: int | None = None
     sampler: str = "posterior"
+    prediction: str = "noise"
     notes: list[str] = field(default_factory=list)
 
 
@@ -76,6 +77,7 @@ def load(spec: ModelSpec, device: str = "auto", precision: str = "auto") -> Load
         sde = _sde_settings(spec, config.get("sde", {}))
         description = f"U-Net {unet_path}" + (f" + DA-CLIP {daclip_path}" if daclip_path else "")
         steps, sampler = config.get("steps"), config.get("sampler", "posterior")
+        prediction = config.get("prediction", "noise")
     else:
         manifest = load_manifest(spec.manifest)
         name = spec.model
@@ -87,7 +89,7 @@ def load(spec: ModelSpec, device: str = "auto", precision: str = "auto") -> Load
         daclip_path = resolve_weights(manifest, entry.daclip, offline=spec.offline) if entry.daclip else None
         sde = _sde_settings(spec, vars(entry.sde))
         description = f"model {name!r}" + (f" ({entry.description})" if entry.description else "")
-        steps, sampler = entry.steps, entry.sampler
+        steps, sampler, prediction = entry.steps, entry.sampler, entry.prediction
     pipeline = DerainPipeline.from_files(unet_path, daclip_path, IRSDE(**sde), device=str(torch_device),
-                                         precision=precision)
-    return Loaded(pipeline, description, steps, sampler, notes)
+                                         precision=precision, prediction=prediction)
+    return Loaded(pipeline, description, steps, sampler, prediction, notes)

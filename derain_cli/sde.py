@@ -18,6 +18,7 @@ from torch import Tensor
 
 Schedule = Literal["cosine", "linear", "constant"]
 Sampler = Literal["posterior", "sde", "ode"]
+Prediction = Literal["noise", "x0"]
 StepCallback = Callable[[int, int], None]
 
 
@@ -53,6 +54,8 @@ SCHEDULES: dict[str, Callable[[int], Tensor]] = {
     "constant": constant_thetas,
 }
 SAMPLERS = ("posterior", "sde", "ode")
+# What the network outputs: the noise of x_t (the reference) or the clean image x_0 itself.
+PREDICTIONS = ("noise", "x0")
 
 
 def _at(table: Tensor, t: Tensor | int, like: Tensor) -> Tensor:
@@ -170,23 +173,28 @@ class IRSDE:
     def sample(self, denoiser: Denoiser, lq: Tensor, steps: int | None = None,
                sampler: Sampler = "posterior", generator: torch.Generator | None = None,
                x_T: Tensor | None = None, callback: StepCallback | None = None,
-               **context: Tensor) -> Tensor:
+               prediction: Prediction = "noise", **context: Tensor) -> Tensor:
         """Restore ``lq`` by integrating the reverse SDE from x_T = lq + max_sigma N(0, I) to x_0.
 
         With ``steps`` other than T the schedule is rebuilt with that many steps and the network
         sees times scaled by T / steps, exactly as the reference's ``sample_T``; the times are then
         floats unless T is a multiple of ``steps``. ``callback(i, n)`` is called after each step.
+        With ``prediction="x0"`` the denoiser returns the clean image, turned into the noise it
+        implies at this step (the posterior sampler then recovers that clean image exactly).
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; choose from {list(SAMPLERS)}")
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {prediction!r}; choose from {list(PREDICTIONS)}")
         steps = self.T if steps is None else steps
         sde = self if steps == self.T else self.with_steps(steps)
         scale = self.T / steps
         x = self.noise_state(lq, generator) if x_T is None else x_T.clone()
         for i, t in enumerate(range(steps, 0, -1)):
             times = _model_times(t, scale, len(x), x.device)
-            noise = denoiser(x, lq, times, **context)
-            x = sde.step(x, lq, noise.float(), t, sampler, generator)
+            out = denoiser(x, lq, times, **context).float()
+            noise = sde.true_noise(x, out, lq, t) if prediction == "x0" else out
+            x = sde.step(x, lq, noise, t, sampler, generator)
             if callback is not None:
                 callback(i + 1, steps)
         return x

@@ -3,7 +3,9 @@
 Objective (IR-SDE, Luo et al. 2023, eq. 11-12, as the reference ``MatchingLoss('l1')``, weight 1):
 for a random time t in 1..T and x_t = mu_bar_t(x_0) + sigma_bar_t * eps, the mean of x_{t-1} that
 the reverse SDE takes from the predicted noise must match the optimal posterior mean given the
-clean image, in L1. AdamW, linear warm-up then cosine learning rate, gradient clipping, an EMA of
+clean image, in L1. With ``prediction="x0"`` (not the reference's; our compact model's) the U-Net
+outputs the clean image itself and the loss is the L1 between it and the ground truth; sampling
+turns that estimate into the noise it implies (see IRSDE.sample). AdamW, linear warm-up then cosine learning rate, gradient clipping, an EMA of
 the weights (the EMA is what gets exported), mixed precision on CUDA, DDP under ``torchrun``.
 
 Every random draw of step s depends only on (seed, s): the data (see derain_cli.data) and the time
@@ -14,7 +16,7 @@ samples of a single-process run with the same global batch.
 
 Run folder layout: ``last/`` and ``best/`` (and ``step-NNNNNNNN/``, the newest few) each hold
 ``unet.safetensors`` (EMA weights), ``unet.json`` ({"unet": constructor kwargs, "sde": IRSDE
-kwargs, "training": {...}}) and ``state.pt`` (everything needed to resume, readable with
+kwargs, "prediction": "noise" or "x0", "training": {...}}) and ``state.pt`` (everything needed to resume, readable with
 ``torch.load(weights_only=True)``); ``log.csv``, ``loss.png`` and ``train.log`` beside them.
 """
 
@@ -50,7 +52,7 @@ from derain_cli.devices import resolve_device
 from derain_cli.trainlog import plot_log, read_log, trim_log
 from derain_cli.errors import DerainError
 from derain_cli.metrics import score_pair
-from derain_cli.sde import IRSDE, SCHEDULES
+from derain_cli.sde import IRSDE, PREDICTIONS, SCHEDULES
 from derain_cli.unet import ConditionalUNet
 
 if TYPE_CHECKING:  # open_clip is slow to import: only runs with DA-CLIP pay for it
@@ -59,7 +61,7 @@ if TYPE_CHECKING:  # open_clip is slow to import: only runs with DA-CLIP pay for
 STATE_FORMAT = 1
 LOG_COLUMNS = ("step", "loss", "lr", "it/s", "val_psnr_y")
 # Settings that change which samples, noise or model a step sees; resuming with others is refused.
-RESUME_FIXED = ("batch_size", "patch_size", "seed", "max_sigma", "T", "schedule", "eps")
+RESUME_FIXED = ("batch_size", "patch_size", "seed", "max_sigma", "T", "schedule", "eps", "prediction")
 
 
 @dataclass
@@ -83,6 +85,7 @@ class TrainConfig:
     T: int = 100
     schedule: str = "cosine"
     eps: float = 0.005
+    prediction: str = "noise"  # what the U-Net outputs: "noise" (the reference) or "x0" (the clean image)
     # optimisation
     steps: int = 100_000
     batch_size: int = 4  # global batch, split between distributed processes
@@ -121,6 +124,8 @@ class TrainConfig:
                 raise DerainError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.data and not self.pairs:
             raise DerainError("no training data: give at least one data folder (LQ/ + GT/) or LQ/GT folder pair")
+        if self.prediction not in PREDICTIONS:
+            raise DerainError(f"unknown prediction {self.prediction!r}; choose from {list(PREDICTIONS)}")
         if self.schedule not in SCHEDULES:
             raise DerainError(f"unknown schedule {self.schedule!r}; choose from {sorted(SCHEDULES)}")
         if not 0 <= self.ema_decay < 1:
@@ -333,9 +338,10 @@ class Trainer:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if state.get("format") != STATE_FORMAT:
             raise DerainError(f"{path}: unknown training state format {state.get('format')!r}")
-        changed = [k for k in RESUME_FIXED if state["config"].get(k) != self.config.to_dict()[k]]
+        saved = {**TrainConfig().to_dict(), **state["config"]}  # runs older than a setting used its default
+        changed = [k for k in RESUME_FIXED if saved[k] != self.config.to_dict()[k]]
         if changed:
-            was = ", ".join(f"{k}={state['config'][k]!r}" for k in changed)
+            was = ", ".join(f"{k}={saved[k]!r}" for k in changed)
             raise DerainError(f"cannot resume with other {', '.join(changed)}: the run used {was}")
         return state
 
@@ -420,8 +426,11 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(step, self.config)
         with self._autocast():
-            noise_pred = self.network(x_t, lq, t, **context)
-        loss = matching_loss(self.sde, noise_pred.float(), x_t, gt, lq, t)
+            out = self.network(x_t, lq, t, **context).float()
+        if self.config.prediction == "x0":
+            loss = F.l1_loss(out, gt)
+        else:
+            loss = matching_loss(self.sde, out, x_t, gt, lq, t)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.config.grad_clip is not None:
@@ -449,7 +458,7 @@ class Trainer:
             lq = lq[None].to(self.device)
             generator = torch.Generator().manual_seed(self.config.val_seed)
             out = self.sde.sample(self._ema_denoiser, lq, steps=self.config.val_steps, generator=generator,
-                                  **self.context(lq))
+                                  prediction=self.config.prediction, **self.context(lq))
             image = (out[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
             total += score_pair(image, gt)["psnr_y"]
             count += 1
@@ -484,7 +493,8 @@ class Trainer:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         training = {"step": self.step, "val_psnr_y": val_psnr_y, "daclip": self.config.to_dict()["daclip"]}
-        config = {"unet": self.model.config, "sde": self.sde.config, "training": training}
+        config = {"unet": self.model.config, "sde": self.sde.config, "prediction": self.config.prediction,
+                  "training": training}
         save_safetensors(self.ema.model.state_dict(), tmp / "unet.safetensors", config)
         torch.save(self.state_dict(), tmp / "state.pt")
         _replace_dir(tmp, folder)

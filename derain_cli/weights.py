@@ -36,6 +36,7 @@ SCHEMA_VERSION = 1
 FORMATS = ("pickle", "safetensors")
 SCHEDULES = ("cosine", "linear", "constant")
 SAMPLERS = ("posterior", "sde", "ode")
+PREDICTIONS = ("noise", "x0")
 AUTO_MODEL = "universal"
 FALLBACK_MODEL = "compact"
 
@@ -113,6 +114,7 @@ class ModelEntry:
     sampler: str
     description: str = ""
     steps: int | None = None
+    prediction: str = "noise"  # what the U-Net outputs: "noise" (published models) or "x0" (clean image)
 
 
 @dataclass(frozen=True)
@@ -199,7 +201,7 @@ def _parse_model(name: str, raw: Any, manifest_path: Path, weights: Mapping[str,
     """Validate one model entry and check that it names existing weights entries."""
     where = f"{manifest_path}: model {name!r}"
     _check_keys(raw, where, required={"unet", "daclip", "sde", "sampler"},
-                optional={"description", "steps"})
+                optional={"description", "steps", "prediction"})
     for key in ("unet", "daclip"):
         ref = raw[key]
         if key == "daclip" and ref is None:
@@ -208,6 +210,7 @@ def _parse_model(name: str, raw: Any, manifest_path: Path, weights: Mapping[str,
         if ref not in weights:
             raise WeightsError(f"{where}: {key!r} names unknown weights {ref!r}; known weights: {sorted(weights)}")
     _expect_choice(raw["sampler"], SAMPLERS, where, "sampler")
+    _expect_choice(raw.get("prediction", "noise"), PREDICTIONS, where, "prediction")
     _expect(raw.get("description", ""), str, where, "description")
     steps = raw.get("steps")
     if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
@@ -220,6 +223,7 @@ def _parse_model(name: str, raw: Any, manifest_path: Path, weights: Mapping[str,
         sampler=raw["sampler"],
         description=raw.get("description", ""),
         steps=steps,
+        prediction=raw.get("prediction", "noise"),
     )
 
 

@@ -114,3 +114,17 @@ def test_auto_tiling_keeps_small_images_whole(plain, monkeypatch):
 def test_images_smaller_than_the_unet_multiple_are_restored(plain):
     out = plain.restore(torch.rand(1, 3, 3, 2), FEW)
     assert out.shape == (1, 3, 3, 2)
+
+
+def test_a_clean_image_predicting_unet_is_sampled_as_such(plain_unet_file):
+    """prediction="x0": the U-Net's output is the clean estimate, so one step returns it as it is."""
+    unet = load_unet(plain_unet_file)
+    pipeline = DerainPipeline(unet, IRSDE(**TINY_SDE), prediction="x0")
+    lq = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    out = pipeline.restore(lq, SampleOptions(steps=1, tile=None))
+    x_T = pipeline.sde.noise_state(lq, torch.Generator("cpu").manual_seed(0))
+    with torch.no_grad():
+        direct = unet(x_T, lq, torch.full((1,), pipeline.sde.T)).clamp(0, 1)
+    torch.testing.assert_close(out, direct, atol=1e-5, rtol=0)
+    with pytest.raises(DerainError, match="unknown prediction"):
+        DerainPipeline(unet, IRSDE(**TINY_SDE), prediction="eps")

@@ -27,6 +27,9 @@ def test_default_steps_and_sampler_come_from_the_sidecar(plain_unet_file, tmp_pa
     copy.with_suffix(".json").write_text(json.dumps({"sde": {"max_sigma": 10}, "steps": 7, "sampler": "ode"}))
     loaded = load(ModelSpec(unet=copy), device="cpu")
     assert (loaded.steps, loaded.sampler) == (7, "ode")
+    assert loaded.pipeline.prediction == "noise"
+    copy.with_suffix(".json").write_text(json.dumps({"prediction": "x0"}))
+    assert load(ModelSpec(unet=copy), device="cpu").pipeline.prediction == "x0"
 
 
 def test_missing_checkpoint_and_bad_sidecar_are_clear_errors(plain_unet_file, tmp_path):

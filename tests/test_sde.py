@@ -91,6 +91,18 @@ def test_posterior_sampler_with_true_noise_oracle_returns_clean_image(schedule):
     assert (out - clean).abs().max() < 1e-7
 
 
+@pytest.mark.parametrize("steps", [100, 10, 1])
+def test_clean_image_prediction_oracle_returns_the_clean_image(steps):
+    """A denoiser that outputs the clean image itself (prediction="x0") makes the posterior sampler return it."""
+    sde = IRSDE(max_sigma=10, T=100)
+    g = torch.Generator().manual_seed(4)
+    clean, lq = torch.rand(1, 3, 16, 16, generator=g), torch.rand(1, 3, 16, 16, generator=g)
+    out = sde.sample(lambda x, mu, t: clean, lq, steps=steps, generator=g, prediction="x0")
+    assert (out - clean).abs().max() < 1e-4
+    with pytest.raises(ValueError, match="prediction"):
+        sde.sample(lambda x, mu, t: clean, lq, prediction="eps")
+
+
 def test_posterior_oracle_in_float32_is_within_float_precision():
     sde = IRSDE()
     g = torch.Generator().manual_seed(2)

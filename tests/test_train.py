@@ -60,14 +60,18 @@ def tiny(out: Path, data: Path, **changes) -> TrainConfig:
 
 
 def fixed_batch_loss(trainer: Trainer, count: int = 16) -> float:
-    """Matching loss of the raw model on fixed samples, times and noise (not those of training)."""
+    """Loss of the raw model on fixed samples, times and noise (not those of training): the matching
+    loss, or the L1 to the clean image for a clean-image (x0) predicting model."""
     patches = RandomPatches(trainer.train_images, trainer.config.patch_size, seed=1234)
     items = [patches[k] for k in range(count)]
     lq, gt = torch.stack([i["lq"] for i in items]), torch.stack([i["gt"] for i in items])
     t, noise = draw_times_and_noise(list(range(count)), 99, trainer.sde.T, tuple(lq.shape[1:]))
     with torch.no_grad():
         x_t = trainer.sde.noisy_state(gt, lq, t, noise)
-        return float(matching_loss(trainer.sde, trainer.model(x_t, lq, t), x_t, gt, lq, t))
+        out = trainer.model(x_t, lq, t)
+        if trainer.config.prediction == "x0":
+            return float((out - gt).abs().mean())
+        return float(matching_loss(trainer.sde, out, x_t, gt, lq, t))
 
 
 @pytest.mark.parametrize("max_sigma", [50, 10])
@@ -211,8 +215,21 @@ def test_sigterm_stops_after_the_step_and_saves_it(tmp_path, rain_data):
     assert signal.getsignal(signal.SIGTERM) is previous
 
 
+def test_clean_image_prediction_learns_by_l1_on_the_clean_image_and_is_recorded(tmp_path, rain_data):
+    trainer = Trainer(tiny(tmp_path / "run", rain_data, prediction="x0", steps=60, batch_size=4, lr=3e-3,
+                           warmup_steps=0, ckpt_every=1000, keep_checkpoints=0))
+    before = fixed_batch_loss(trainer)
+    trainer.run()
+    assert fixed_batch_loss(trainer) < 0.85 * before
+    sidecar = json.loads((tmp_path / "run" / "last" / "unet.json").read_text())
+    assert sidecar["prediction"] == "x0"
+    with pytest.raises(DerainError, match="prediction"):  # resuming must keep what the U-Net predicts
+        Trainer(tiny(tmp_path / "run", rain_data, prediction="noise", steps=61, resume=True))
+
+
 @pytest.mark.parametrize("bad, message", [({"steps": 0}, "steps must be at least 1"),
-                                          ({"schedule": "cosin"}, "choose from")])
+                                          ({"schedule": "cosin"}, "choose from"),
+                                          ({"prediction": "eps"}, "unknown prediction")])
 def test_bad_settings_are_refused_with_a_reason(tmp_path, rain_data, bad, message):
     with pytest.raises(DerainError, match=message):
         Trainer(tiny(tmp_path / "run", rain_data, **bad))

@@ -381,6 +381,8 @@ def _broken(change: str) -> dict[str, Any]:
         model["sampler"] = "euler"
     elif change == "size as string":
         weight["size"] = "4096"
+    elif change == "bad prediction":
+        model["prediction"] = "eps"
     return data
 
 
@@ -397,6 +399,7 @@ def _broken(change: str) -> dict[str, Any]:
         ("schema 2", r"unsupported schema 2"),
         ("bad sampler", r"'sampler' is 'euler'; choose from"),
         ("size as string", r"'size' must be a byte count or null"),
+        ("bad prediction", r"'prediction' is 'eps'; choose from \['noise', 'x0'\]"),
     ],
 )
 def test_invalid_manifests_fail_naming_the_key_and_the_valid_choices(tmp_path: Path, change: str, message: str) -> None:
