@@ -61,7 +61,7 @@ if TYPE_CHECKING:  # open_clip is slow to import: only runs with DA-CLIP pay for
 STATE_FORMAT = 1
 LOG_COLUMNS = ("step", "loss", "lr", "it/s", "val_psnr_y")
 # Settings that change which samples, noise or model a step sees; resuming with others is refused.
-RESUME_FIXED = ("batch_size", "patch_size", "seed", "max_sigma", "T", "schedule", "eps", "prediction")
+RESUME_FIXED = ("batch_size", "patch_size", "seed", "max_sigma", "T", "schedule", "eps", "prediction", "t_min")
 
 
 @dataclass
@@ -86,6 +86,7 @@ class TrainConfig:
     schedule: str = "cosine"
     eps: float = 0.005
     prediction: str = "noise"  # what the U-Net outputs: "noise" (the reference) or "x0" (the clean image)
+    t_min: int = 1  # training times are uniform in t_min..T (1: the reference; near T: for few-step x0 models)
     # optimisation
     steps: int = 100_000
     batch_size: int = 4  # global batch, split between distributed processes
@@ -124,6 +125,8 @@ class TrainConfig:
                 raise DerainError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.data and not self.pairs:
             raise DerainError("no training data: give at least one data folder (LQ/ + GT/) or LQ/GT folder pair")
+        if not 1 <= self.t_min <= self.T:
+            raise DerainError(f"t_min must lie in 1..T ({self.T}), got {self.t_min}")
         if self.prediction not in PREDICTIONS:
             raise DerainError(f"unknown prediction {self.prediction!r}; choose from {list(PREDICTIONS)}")
         if self.schedule not in SCHEDULES:
@@ -175,12 +178,13 @@ def matching_loss(sde: IRSDE, noise_pred: Tensor, x_t: Tensor, x0: Tensor, mu: T
     return F.l1_loss(predicted, target)
 
 
-def draw_times_and_noise(keys: list[int], seed: int, T: int, shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
-    """Time steps uniform in 1..T and standard normal noise, per sample from the generator of (seed, key)."""
+def draw_times_and_noise(keys: list[int], seed: int, T: int, shape: tuple[int, ...],
+                         t_min: int = 1) -> tuple[Tensor, Tensor]:
+    """Time steps uniform in t_min..T and standard normal noise, per sample from the generator of (seed, key)."""
     times, noises = [], []
     for key in keys:
         generator = torch_generator(seed, key, STREAM_NOISE)
-        times.append(torch.randint(1, T + 1, (1,), generator=generator))
+        times.append(torch.randint(t_min, T + 1, (1,), generator=generator))
         noises.append(torch.randn(shape, generator=generator))
     return torch.cat(times), torch.stack(noises)
 
@@ -419,7 +423,8 @@ class Trainer:
         """One optimiser step on a batch; returns the (detached) loss of this process's samples."""
         lq = batch["lq"].to(self.device, non_blocking=True)
         gt = batch["gt"].to(self.device, non_blocking=True)
-        t, noise = draw_times_and_noise(batch["key"].tolist(), self.config.seed, self.config.T, tuple(lq.shape[1:]))
+        t, noise = draw_times_and_noise(batch["key"].tolist(), self.config.seed, self.config.T, tuple(lq.shape[1:]),
+                                        self.config.t_min)
         t, noise = t.to(self.device), noise.to(self.device)
         x_t = self.sde.noisy_state(gt, lq, t, noise)
         context = self.context(lq)
@@ -492,7 +497,8 @@ class Trainer:
         tmp = self.out / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        training = {"step": self.step, "val_psnr_y": val_psnr_y, "daclip": self.config.to_dict()["daclip"]}
+        training = {"step": self.step, "val_psnr_y": val_psnr_y, "daclip": self.config.to_dict()["daclip"],
+                    "t_min": self.config.t_min}
         config = {"unet": self.model.config, "sde": self.sde.config, "prediction": self.config.prediction,
                   "training": training}
         save_safetensors(self.ema.model.state_dict(), tmp / "unet.safetensors", config)

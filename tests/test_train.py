@@ -102,6 +102,8 @@ def test_times_and_noise_depend_only_on_seed_and_sample_number():
     assert t.dtype == torch.long and bool(((t >= 1) & (t <= 100)).all())
     assert t2[0] == t[2] and torch.equal(noise2[0], noise[2])
     assert not torch.equal(draw_times_and_noise([7], seed=2, T=100, shape=(3, 4, 4))[1][0], noise[2])
+    late, _ = draw_times_and_noise(list(range(200)), seed=1, T=100, shape=(1,), t_min=90)
+    assert late.min() >= 90 and late.max() == 100 and len(set(late.tolist())) == 11
 
 
 def test_learning_rate_warms_up_linearly_then_follows_a_cosine_to_lr_min():
@@ -229,7 +231,8 @@ def test_clean_image_prediction_learns_by_l1_on_the_clean_image_and_is_recorded(
 
 @pytest.mark.parametrize("bad, message", [({"steps": 0}, "steps must be at least 1"),
                                           ({"schedule": "cosin"}, "choose from"),
-                                          ({"prediction": "eps"}, "unknown prediction")])
+                                          ({"prediction": "eps"}, "unknown prediction"),
+                                          ({"t_min": 101}, "t_min must lie in 1..T")])
 def test_bad_settings_are_refused_with_a_reason(tmp_path, rain_data, bad, message):
     with pytest.raises(DerainError, match=message):
         Trainer(tiny(tmp_path / "run", rain_data, **bad))
