@@ -285,11 +285,19 @@ def save_safetensors(
     partial = path.with_name(path.name + ".partial")  # never leave a truncated file under the real name
     try:
         save_file(tensors, partial, metadata={"format": "pt"})
+        os.chmod(partial, 0o666 & ~_umask())  # safetensors creates 0600 files; give the usual permissions
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
     if config is not None:
         path.with_suffix(".json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _umask() -> int:
+    """The process's file-creation mask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _drop_aliases(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -324,6 +326,15 @@ def test_save_safetensors_round_trips_a_unet_without_config(tmp_path: Path, tiny
     save_safetensors(tiny_unet.state_dict(), path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["unet.safetensors"]  # no config, no leftovers
     assert_same_tensors(load_unet(path).state_dict(), tiny_unet.state_dict())
+
+
+def test_saved_weights_get_the_usual_file_permissions(tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        save_safetensors({"w": torch.ones(2)}, tmp_path / "w.safetensors")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "w.safetensors").stat().st_mode) == 0o644
 
 
 def test_save_safetensors_casts_floats_only_and_handles_views(tmp_path: Path) -> None:
