@@ -370,8 +370,8 @@ def train(
     config = TrainConfig(
         out=out_dir, data=list(data or []), pairs=list(zip(lq or [], gt or [])), val=val, nf=nf, ch_mult=mults,
         from_weights=_weights_file(from_, manifest, offline), daclip=_weights_file(daclip, manifest, offline),
-        max_sigma=max_sigma, T=T, schedule=schedule, eps=eps, prediction=prediction, t_min=t_min, steps=steps, batch_size=batch_size,
-        patch_size=patch_size, lr=lr, warmup_steps=warmup, grad_clip=grad_clip or None, ema_decay=ema_decay,
+        max_sigma=max_sigma, T=T, schedule=schedule, eps=eps, prediction=prediction, t_min=t_min, steps=steps,
+        batch_size=batch_size, patch_size=patch_size, lr=lr, warmup_steps=warmup, grad_clip=grad_clip or None, ema_decay=ema_decay,
         ckpt_every=ckpt_every, val_every=val_every, val_steps=val_steps, val_crop=val_crop, val_limit=val_limit,
         seed=seed, device=device, num_workers=workers, resume=resume,
     )

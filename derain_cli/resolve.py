@@ -39,7 +39,6 @@ class Loaded:
     description: str
     steps: int | None = None
     sampler: str = "posterior"
-    prediction: str = "noise"
     notes: list[str] = field(default_factory=list)
 
 
@@ -92,4 +91,4 @@ def load(spec: ModelSpec, device: str = "auto", precision: str = "auto") -> Load
         steps, sampler, prediction = entry.steps, entry.sampler, entry.prediction
     pipeline = DerainPipeline.from_files(unet_path, daclip_path, IRSDE(**sde), device=str(torch_device),
                                          precision=precision, prediction=prediction)
-    return Loaded(pipeline, description, steps, sampler, prediction, notes)
+    return Loaded(pipeline, description, steps, sampler, notes)

@@ -5,7 +5,8 @@ for a random time t in 1..T and x_t = mu_bar_t(x_0) + sigma_bar_t * eps, the mea
 the reverse SDE takes from the predicted noise must match the optimal posterior mean given the
 clean image, in L1. With ``prediction="x0"`` (not the reference's; our compact model's) the U-Net
 outputs the clean image itself and the loss is the L1 between it and the ground truth; sampling
-turns that estimate into the noise it implies (see IRSDE.sample). AdamW, linear warm-up then cosine learning rate, gradient clipping, an EMA of
+turns that estimate into the noise it implies (see IRSDE.sample). ``t_min`` > 1 draws the times
+from t_min..T only. AdamW, linear warm-up then cosine learning rate, gradient clipping, an EMA of
 the weights (the EMA is what gets exported), mixed precision on CUDA, DDP under ``torchrun``.
 
 Every random draw of step s depends only on (seed, s): the data (see derain_cli.data) and the time
@@ -16,8 +17,9 @@ samples of a single-process run with the same global batch.
 
 Run folder layout: ``last/`` and ``best/`` (and ``step-NNNNNNNN/``, the newest few) each hold
 ``unet.safetensors`` (EMA weights), ``unet.json`` ({"unet": constructor kwargs, "sde": IRSDE
-kwargs, "prediction": "noise" or "x0", "training": {...}}) and ``state.pt`` (everything needed to resume, readable with
-``torch.load(weights_only=True)``); ``log.csv``, ``loss.png`` and ``train.log`` beside them.
+kwargs, "prediction": "noise" or "x0", "training": {...}}) and ``state.pt`` (everything needed to
+resume, readable with ``torch.load(weights_only=True)``; its "model" entry holds the raw weights,
+which ``load_unet`` reads); ``log.csv``, ``loss.png`` and ``train.log`` beside them.
 """
 
 from __future__ import annotations
