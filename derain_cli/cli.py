@@ -340,6 +340,7 @@ def train(
     prediction: Annotated[str, typer.Option("--prediction", help="What the U-Net learns to output: noise (the reference's objective) or x0 (the clean image, L1; trains much faster).")] = "noise",
     t_min: Annotated[int, typer.Option("--t-min", min=1, help="Train on times t_min..T only (1: all, the reference).")] = 1,
     steps: Annotated[int, typer.Option("--steps", min=1, help="Optimiser steps.")] = 100_000,
+    stop_after: Annotated[Optional[int], typer.Option("--stop-after", min=1, help="Stop (saved) after this step; --resume continues to --steps.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Global batch size.")] = 4,
     patch_size: Annotated[int, typer.Option("--patch-size", min=16, help="Training crop size.")] = 128,
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, cosine schedule).")] = 2e-4,
@@ -370,7 +371,7 @@ def train(
     config = TrainConfig(
         out=out_dir, data=list(data or []), pairs=list(zip(lq or [], gt or [])), val=val, nf=nf, ch_mult=mults,
         from_weights=_weights_file(from_, manifest, offline), daclip=_weights_file(daclip, manifest, offline),
-        max_sigma=max_sigma, T=T, schedule=schedule, eps=eps, prediction=prediction, t_min=t_min, steps=steps,
+        max_sigma=max_sigma, T=T, schedule=schedule, eps=eps, prediction=prediction, t_min=t_min, steps=steps, stop_after=stop_after,
         batch_size=batch_size, patch_size=patch_size, lr=lr, warmup_steps=warmup, grad_clip=grad_clip or None, ema_decay=ema_decay,
         ckpt_every=ckpt_every, val_every=val_every, val_steps=val_steps, val_crop=val_crop, val_limit=val_limit,
         seed=seed, device=device, num_workers=workers, resume=resume,

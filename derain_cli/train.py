@@ -91,6 +91,7 @@ class TrainConfig:
     t_min: int = 1  # training times are uniform in t_min..T (1: the reference; near T: for few-step x0 models)
     # optimisation
     steps: int = 100_000
+    stop_after: int | None = None  # end this invocation after this step (saved; --resume goes on to `steps`)
     batch_size: int = 4  # global batch, split between distributed processes
     patch_size: int = 128
     lr: float = 2e-4
@@ -531,7 +532,7 @@ class Trainer:
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             trim_log(self.out / "log.csv", self.step)
-        if self.step >= config.steps:
+        if self.step >= min(config.steps, config.stop_after or config.steps):
             self.note(f"already trained {self.step} of {config.steps} steps")
             return self.result()
         dataset = RandomPatches(self.train_images, config.patch_size, config.seed)
@@ -585,6 +586,11 @@ class Trainer:
             if progress is not None and self.is_main:
                 progress(StepInfo(step, config.steps, loss_value, lr_at(step, config), its, val, self.best_psnr_y))
             self._check_stop()
+            if config.stop_after is not None and step >= config.stop_after:
+                if self.is_main and step % config.ckpt_every:
+                    self.save("last")
+                self.note(f"stopped after step {step} as asked; continue with resume")
+                break
 
     def _validate_and_keep_best(self) -> float:
         """Validate; save best/ when the score beats the best so far."""

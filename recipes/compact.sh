@@ -35,11 +35,15 @@ PY
 common=(--data r100l_train --lq "$data/raincityscapes/LQ" --gt "$data/raincityscapes/GT"
         --data synth_heavy --data synth_medium --val val_heavy_c
         --max-sigma 10 --T 100 --schedule cosine --eps 0.005 --prediction x0
-        --batch-size 4 --warmup 100 --ema-decay 0.98 --val-crop 128 --val-limit 10 --workers 0 --device cpu -q)
-# Stage 1: clean-image prediction at all times, from scratch (the run is stopped after step 2000;
-# its step-00002000 checkpoint is the same whether or not it runs on).
-derain train --out runs/x0 "${common[@]}" --nf 16 --ch-mult 1,2,4,4 --steps 5000 --patch-size 64 --lr 5e-4 \
-  --ckpt-every 500 --val-every 1000 --val-steps 10 --seed 0
+        --batch-size 4 --val-crop 128 --val-limit 10 --workers 0 --device cpu -q)
+# Stage 1: clean-image prediction at all times, from scratch, on a 5,000-step schedule stopped after
+# step 2000 (its step-00002000 checkpoint does not depend on later steps).
+derain train --out runs/x0 "${common[@]}" --nf 16 --ch-mult 1,2,4,4 --steps 5000 --stop-after 2000 --patch-size 64 --lr 5e-4 \
+  --warmup 100 --ema-decay 0.98 --ckpt-every 500 --val-every 1000 --val-steps 10 --seed 0
 # Stage 2: one-step model, times 90..100 only, from the raw weights of stage 1 at step 2000.
 derain train --out runs/x0c --from runs/x0/step-00002000/state.pt "${common[@]}" --t-min 90 --steps 5000 \
-  --patch-size 64 --lr 4e-4 --ckpt-every 500 --val-every 1000 --val-steps 1 --seed 4
+  --patch-size 64 --lr 4e-4 --warmup 100 --ema-decay 0.98 --ckpt-every 500 --val-every 1000 --val-steps 1 --seed 4
+# Stage 3: 96 px crops, from the raw weights at the end of stage 2. The shipped file is this run's
+# step-00001500/unet.safetensors (a 30,000-step schedule; that checkpoint does not depend on later steps).
+derain train --out runs/x0long --from runs/x0c/last/state.pt "${common[@]}" --t-min 90 --steps 30000 --stop-after 1500 \
+  --patch-size 96 --lr 3e-4 --warmup 200 --ema-decay 0.99 --ckpt-every 500 --val-every 1000 --val-steps 1 --seed 6

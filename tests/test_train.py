@@ -178,12 +178,15 @@ def stop_at(step: int, error: BaseException):
     return progress
 
 
-@pytest.mark.parametrize("how", ["crash after a checkpoint", "KeyboardInterrupt"])
+@pytest.mark.parametrize("how", ["crash after a checkpoint", "KeyboardInterrupt", "stop_after"])
 def test_resumed_run_ends_bit_for_bit_where_an_uninterrupted_run_ends(tmp_path, rain_data, how):
     whole = tmp_path / "whole"
     train(tiny(whole, rain_data))
     broken = tmp_path / "broken"
-    if how == "KeyboardInterrupt":
+    if how == "stop_after":
+        train(tiny(broken, rain_data, stop_after=3))
+        assert torch.load(broken / "last" / "state.pt", weights_only=True)["step"] == 3
+    elif how == "KeyboardInterrupt":
         with pytest.raises(KeyboardInterrupt):
             train(tiny(broken, rain_data), progress=stop_at(3, KeyboardInterrupt()))
         assert torch.load(broken / "last" / "state.pt", weights_only=True)["step"] == 3
