@@ -587,7 +587,7 @@ class Trainer:
                 progress(StepInfo(step, config.steps, loss_value, lr_at(step, config), its, val, self.best_psnr_y))
             self._check_stop()
             if config.stop_after is not None and step >= config.stop_after:
-                if self.is_main and step % config.ckpt_every:
+                if self.is_main and step % config.ckpt_every and step != config.steps:  # else saved above
                     self.save("last")
                 self.note(f"stopped after step {step} as asked; continue with resume")
                 break
