@@ -89,11 +89,12 @@ PRESETS: dict[str, RainConfig] = {
         width=(0.8, 2.0), density=(0.0008, 0.002), intensity=(0.3, 0.6),
         haze=(0.0, 0.2), splash_prob=0.1,
     ),
-    # Dense long bright streaks of several widths and crossing angles, with a veil (Rain100H).
+    # Dense bright streaks of several widths and crossing angles over a bright veil: the look of
+    # Rain100H (compared by eye with its rainy images; never fitted to its numbers).
     "heavy": RainConfig(
-        layers=(3, 4), angle=(-20.0, 20.0), angle_spread=10.0, length=(40.0, 110.0),
-        width=(1.0, 2.8), density=(0.001, 0.003), intensity=(0.25, 0.6),
-        haze=(0.05, 0.25), splash_prob=0.1,
+        layers=(3, 4), angle=(-15.0, 15.0), angle_spread=12.0, length=(25.0, 100.0),
+        width=(0.8, 2.2), density=(0.0015, 0.004), intensity=(0.4, 0.8),
+        haze=(0.05, 0.3), haze_light=(0.8, 1.0), splash_prob=0.1,
     ),
 }
 
