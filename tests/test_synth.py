@@ -82,10 +82,10 @@ def test_haze_lifts_dark_pixels_towards_the_atmospheric_light():
 def test_heavy_preset_has_more_rain_and_lower_psnr_than_light():
     img = clean_image(96, 128)
     means = {}
-    for name in ("light", "medium", "heavy"):
+    for name in ("light", "medium", "heavy", "storm"):
         layers = [render_rain(img, PRESETS[name], np.random.default_rng(s))[1].mean() for s in range(3)]
         means[name] = float(np.mean(layers))
-    assert means["light"] < means["medium"] < means["heavy"]
+    assert means["light"] < means["medium"] < means["heavy"] < means["storm"]
     heavy, _ = render_rain(img, PRESETS["heavy"], np.random.default_rng(0))
     light, _ = render_rain(img, PRESETS["light"], np.random.default_rng(0))
     assert np.mean((heavy - img) ** 2) > 4 * np.mean((light - img) ** 2)
@@ -166,7 +166,7 @@ def test_image_rng_is_a_function_of_seed_name_and_copy():
 def test_synth_folder_reports_bad_inputs(tmp_path):
     write_clean(tmp_path / "clean", ["a.png"])
     with pytest.raises(ValueError, match="heavy"):
-        synth_folder(tmp_path / "clean", tmp_path / "out", preset="storm")
+        synth_folder(tmp_path / "clean", tmp_path / "out", preset="monsoon")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ImageError, match="no images"):
         synth_folder(tmp_path / "empty", tmp_path / "out")
