@@ -348,6 +348,7 @@ def train(
     grad_clip: Annotated[float, typer.Option("--grad-clip", help="Max gradient norm (0: off).")] = 1.0,
     ema_decay: Annotated[float, typer.Option("--ema-decay", help="EMA decay of the exported weights.")] = 0.995,
     ckpt_every: Annotated[int, typer.Option("--ckpt-every", min=1, help="Checkpoint every N steps.")] = 1000,
+    keep: Annotated[int, typer.Option("--keep", min=0, help="Step-numbered checkpoints kept, the newest (last/ and best/ are always kept).")] = 3,
     val_every: Annotated[int, typer.Option("--val-every", min=1, help="Validate every N steps.")] = 1000,
     val_steps: Annotated[Optional[int], typer.Option("--val-steps", min=1, help="Sampler steps for validation.")] = None,
     val_crop: Annotated[Optional[int], typer.Option("--val-crop", min=16, help="Score centre crops of this size.")] = None,
@@ -373,7 +374,7 @@ def train(
         from_weights=_weights_file(from_, manifest, offline), daclip=_weights_file(daclip, manifest, offline),
         max_sigma=max_sigma, T=T, schedule=schedule, eps=eps, prediction=prediction, t_min=t_min, steps=steps, stop_after=stop_after,
         batch_size=batch_size, patch_size=patch_size, lr=lr, warmup_steps=warmup, grad_clip=grad_clip or None, ema_decay=ema_decay,
-        ckpt_every=ckpt_every, val_every=val_every, val_steps=val_steps, val_crop=val_crop, val_limit=val_limit,
+        ckpt_every=ckpt_every, keep_checkpoints=keep, val_every=val_every, val_steps=val_steps, val_crop=val_crop, val_limit=val_limit,
         seed=seed, device=device, num_workers=workers, resume=resume,
     )
     with _progress(quiet) as progress:

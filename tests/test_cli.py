@@ -242,10 +242,11 @@ def test_train_writes_a_loadable_run_and_refuses_to_clobber_it(tmp_path, capsys)
         write_rgb(tmp_path / "data" / "GT" / f"{i}.png", 40, 40, seed=i)
         write_rgb(tmp_path / "data" / "LQ" / f"{i}.png", 40, 40, seed=i + 10)
     args = ["train", "--data", tmp_path / "data", "--out", tmp_path / "run", "--nf", "8", "--ch-mult", "1,2",
-            "--steps", "4", "--patch-size", "32", "--batch-size", "2", "--workers", "0", "--ckpt-every", "2",
-            "--max-sigma", "10", "--device", "cpu", "--quiet"]
+            "--steps", "6", "--patch-size", "32", "--batch-size", "2", "--workers", "0", "--ckpt-every", "2",
+            "--keep", "2", "--max-sigma", "10", "--device", "cpu", "--quiet"]
     code, _, err = derain(*args, capsys=capsys)
     assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "run").glob("step-*")) == ["step-00000004", "step-00000006"]
     weights = tmp_path / "run" / "last" / "unet.safetensors"
     assert load_unet(weights).config["nf"] == 8
     assert json.loads(weights.with_suffix(".json").read_text())["sde"]["max_sigma"] == 10
