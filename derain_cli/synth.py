@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -96,13 +96,9 @@ PRESETS: dict[str, RainConfig] = {
         width=(0.8, 2.2), density=(0.001, 0.0025), intensity=(0.35, 0.7),
         haze=(0.05, 0.2), haze_light=(0.8, 1.0), splash_prob=0.1,
     ),
-    # Heavier still: a downpour that hides much of the scene.
-    "storm": RainConfig(
-        layers=(3, 4), angle=(-15.0, 15.0), angle_spread=12.0, length=(25.0, 100.0),
-        width=(0.8, 2.2), density=(0.0015, 0.004), intensity=(0.4, 0.8),
-        haze=(0.05, 0.3), haze_light=(0.8, 1.0), splash_prob=0.1,
-    ),
 }
+# Heavier still: a downpour that hides much of the scene.
+PRESETS["storm"] = replace(PRESETS["heavy"], density=(0.0015, 0.004), intensity=(0.4, 0.8), haze=(0.05, 0.3))
 
 
 def _lerp(r: Range, s: float) -> float:
