@@ -509,12 +509,12 @@ class Trainer:
         _replace_dir(tmp, folder)
         return folder
 
-    def _save_periodic(self) -> None:
+    def _save_periodic(self, val_psnr_y: float | None = None) -> None:
         """Write last/ and a step-numbered copy, keeping only the newest few numbered ones."""
-        self.save("last")
+        self.save("last", val_psnr_y)
         if self.config.keep_checkpoints < 1:
             return
-        self.save(f"step-{self.step:08d}")
+        self.save(f"step-{self.step:08d}", val_psnr_y)
         numbered = sorted(self.out.glob("step-" + "[0-9]" * 8))
         for old in numbered[:-self.config.keep_checkpoints]:
             shutil.rmtree(old)
@@ -581,7 +581,7 @@ class Trainer:
                 self.log_window = [0.0, 0]
                 window_start, window_first = time.perf_counter(), step
             if self.is_main and (step % config.ckpt_every == 0 or step == config.steps):
-                self._save_periodic()
+                self._save_periodic(val)
                 plot_log(read_log(self.out / "log.csv"), self.out / "loss.png")
             if progress is not None and self.is_main:
                 progress(StepInfo(step, config.steps, loss_value, lr_at(step, config), its, val, self.best_psnr_y))

@@ -268,6 +268,10 @@ def test_validation_logs_psnr_y_keeps_the_best_and_plots(tmp_path, rain_data):
     best = json.loads((out / "best" / "unet.json").read_text())["training"]
     assert best["val_psnr_y"] == pytest.approx(max(r["val_psnr_y"] for r in scored), abs=1e-4)
     assert 5 < best["val_psnr_y"] < 60
+    # A checkpoint written at a validated step records that step's score too.
+    last = json.loads((out / "last" / "unet.json").read_text())["training"]
+    assert last["step"] == 4
+    assert last["val_psnr_y"] == pytest.approx(scored[-1]["val_psnr_y"], abs=1e-4)
     with Image.open(out / "loss.png") as image:
         assert image.size == (900, 600)
 
