@@ -99,6 +99,12 @@ PRESETS: dict[str, RainConfig] = {
 }
 # Heavier still: a downpour that hides much of the scene.
 PRESETS["storm"] = replace(PRESETS["heavy"], density=(0.0015, 0.004), intensity=(0.4, 0.8), haze=(0.05, 0.3))
+# Rain100H's other look (compared by eye): many short, bright, nearly parallel streaks, often steeply
+# slanted, over a strong bright veil.
+PRESETS["downpour"] = RainConfig(
+    layers=(2, 3), angle=(-35.0, 35.0), angle_spread=4.0, length=(12.0, 60.0), width=(1.0, 2.2),
+    density=(0.002, 0.005), intensity=(0.4, 0.85), haze=(0.1, 0.3), haze_light=(0.85, 1.0),
+)
 
 
 def _lerp(r: Range, s: float) -> float:
