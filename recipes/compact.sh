@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# How the bundled `compact` model was made (see docs/MODEL_CARD.md). CPU only, about 2 hours on 2 cores.
+# How the bundled `compact` model was made (see docs/MODEL_CARD.md). CPU only, about 2.5 hours on 2 cores.
 # Usage: bash recipes/compact.sh SHARED_DATA WORK_DIR [prepare|train|all]
 #   SHARED_DATA: folder with raincityscapes/ (LQ/ + GT/).
 #   Rain100H and Rain100L are never used: their clean images are the same 100 photographs, so
@@ -10,10 +10,11 @@ data=$(realpath "$1"); mkdir -p "$2"; work=$(realpath "$2"); what=${3:-all}
 cd "$work"
 
 prepare() {
-  # Clean photographs with clear licences (KDE wallpapers, Getty Open Content, NASA), two scales.
+  # Clean photographs with clear licences (KDE wallpapers, Getty Open Content, NASA; and for stage 3
+  # Lomiri and MATE wallpapers), two scales.
   python3 "$recipes/photos.py" photos
   # RainCityscapes: the 11 Zurich images for validation, the 89 from other cities for training.
-  mkdir -p city_train/LQ city_train/GT city_val/LQ city_val/GT clean_train clean_val
+  mkdir -p city_train/LQ city_train/GT city_val/LQ city_val/GT clean_train clean_train2 clean_val
   for f in "$data"/raincityscapes/GT/*.png; do
     n=$(basename "$f" .png)
     split=$([[ $n == zurich_* ]] && echo val || echo train)
@@ -22,19 +23,27 @@ prepare() {
     ln -sf "$f" "clean_$split/c_$n.png"
   done
   for f in photos/train/*.png; do ln -sf "$(realpath "$f")" clean_train/; done
+  for f in photos/train2/*.png; do ln -sf "$(realpath "$f")" clean_train2/; done
   for f in photos/val/*.png; do ln -sf "$(realpath "$f")" clean_val/; done
   derain synth clean_train -o synth_storm --preset storm --seed 1 --copies 3 -q
   derain synth clean_train -o synth_heavy --preset heavy --seed 4 --copies 3 -q
   derain synth clean_train -o synth_medium --preset medium --seed 2 -q
   derain synth clean_train -o synth_light --preset light --seed 3 -q
+  derain synth clean_train2 -o synth2_heavy --preset heavy --seed 4 --copies 3 -q
+  derain synth clean_train2 -o synth2_medium --preset medium --seed 2 -q
+  derain synth clean_train2 -o synth2_light --preset light --seed 3 -q
+  derain synth clean_train -o synth_downpour --preset downpour --seed 5 --copies 2 -q
+  derain synth clean_train2 -o synth2_downpour --preset downpour --seed 5 --copies 2 -q
   derain synth clean_val -o val_storm_full --preset storm --seed 7 -q
   derain synth clean_val -o val_heavy_full --preset heavy --seed 9 -q
   derain synth clean_val -o val_light_full --preset light --seed 8 -q
+  derain synth clean_val -o val_downpour_full --preset downpour --seed 12 -q
   # Validation sets: centre 256x192 crops (fast to score).
   python3 - <<'PY'
 from pathlib import Path
 from PIL import Image
-for src, dst in (("val_storm_full", "val_storm_c"), ("val_heavy_full", "val_heavy_c"), ("val_light_full", "val_light_c"), ("city_val", "val_city_c")):
+for src, dst in (("val_storm_full", "val_storm_c"), ("val_heavy_full", "val_heavy_c"), ("val_light_full", "val_light_c"),
+                 ("val_downpour_full", "val_downpour_c"), ("city_val", "val_city_c")):
     for sub in ("LQ", "GT"):
         out = Path(dst) / sub
         out.mkdir(parents=True, exist_ok=True)
@@ -47,20 +56,28 @@ PY
 
 train() {
   common=(--max-sigma 10 --T 100 --schedule cosine --eps 0.005 --prediction x0 --t-min 90
-          --batch-size 4 --patch-size 96 --ema-decay 0.99 --ckpt-every 500 --val-every 1000
-          --val-steps 1 --val-crop 128 --val-limit 12 --workers 0 --device cpu -q)
+          --batch-size 4 --patch-size 96 --ema-decay 0.99 --ckpt-every 500
+          --val-steps 1 --val-crop 128 --workers 0 --device cpu -q)
   # Stage 1: one-step clean-image prediction (times 90..100), from scratch, with the storm preset
   # as the heavy rain; an 8,500-step schedule stopped after step 2500 (the checkpoint there does
   # not depend on later steps).
   derain train --out runs/compact "${common[@]}" --data city_train --data synth_storm \
-    --data synth_medium --data synth_light --val val_storm_c --nf 16 --ch-mult 1,2,4,4 \
+    --data synth_medium --data synth_light --val val_storm_c --val-every 1000 --val-limit 12 --nf 16 --ch-mult 1,2,4,4 \
     --steps 8500 --stop-after 2500 --lr 4e-4 --warmup 200 --seed 0
-  # Stage 2: from the raw weights of stage 1, with the heavy preset (closer to Rain100H's look).
-  # The shipped file is its step-00004500/unet.safetensors (best on validation of the checkpoints
-  # kept: 4500, 5000, 5500); stopping there gives the same checkpoint.
+  # Stage 2: from the raw weights of stage 1, with the heavy preset (closer to Rain100H's look),
+  # stopped after step 4500 (best on validation of the checkpoints kept: 4500, 5000, 5500).
   derain train --out runs/compact2 --from runs/compact/step-00002500/state.pt "${common[@]}" \
     --data city_train --data synth_heavy --data synth_medium --data synth_light --val val_heavy_c \
-    --steps 5500 --stop-after 4500 --lr 3e-4 --warmup 100 --seed 1
+    --val-every 1000 --val-limit 12 --steps 5500 --stop-after 4500 --lr 3e-4 --warmup 100 --seed 1
+  # Stage 3: from the raw weights of stage 2 at step 4500, adding the Lomiri/MATE photographs and
+  # the downpour preset. The shipped file is its step-00002500/unet.safetensors (best mean of the
+  # four validation sets; our run went on to step 5000 to compare); stopping there gives the same
+  # checkpoint.
+  derain train --out runs/compact3 --from runs/compact2/step-00004500/state.pt "${common[@]}" \
+    --data city_train --data synth_heavy --data synth_medium --data synth_light \
+    --data synth2_heavy --data synth2_medium --data synth2_light --data synth_downpour \
+    --data synth2_downpour --val val_downpour_c --val-every 500 --val-limit 15 --keep 20 \
+    --steps 5000 --stop-after 2500 --lr 2e-4 --warmup 100 --seed 3
 }
 
 case $what in
