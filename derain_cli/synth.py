@@ -97,7 +97,7 @@ PRESETS: dict[str, RainConfig] = {
         haze=(0.05, 0.2), haze_light=(0.8, 1.0), splash_prob=0.1,
     ),
 }
-# Heavier still: a downpour that hides much of the scene.
+# Heavier still: dense rain that hides much of the scene (not the `downpour` look below).
 PRESETS["storm"] = replace(PRESETS["heavy"], density=(0.0015, 0.004), intensity=(0.4, 0.8), haze=(0.05, 0.3))
 # Rain100H's other look (compared by eye): many short, bright, nearly parallel streaks, often steeply
 # slanted, over a strong bright veil.
