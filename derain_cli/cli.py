@@ -302,7 +302,7 @@ def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
 def synth(
     clean_dir: Annotated[Path, typer.Argument(help="Folder of clean photographs.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder; gets LQ/ and GT/.")],
-    preset: Annotated[str, typer.Option("--preset", help="Rain: light, medium, heavy or downpour (two looks of Rain100H), storm (denser than heavy).")] = "heavy",
+    preset: Annotated[str, typer.Option("--preset", help="Rain: light, medium; heavy, downpour or torrent (three looks of Rain100H); storm (denser than heavy).")] = "heavy",
     seed: SeedOpt = 0,
     copies: Annotated[int, typer.Option("--copies", min=1, help="Rainy versions per clean image.")] = 1,
     quiet: QuietOpt = False,

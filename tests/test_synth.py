@@ -70,6 +70,16 @@ def test_rain_is_screen_blended_so_it_only_brightens():
     assert (rainy > img + 1e-3).mean() > 0.2
 
 
+def test_additive_blend_adds_the_rain_layer_and_clips_to_white():
+    img = clean_image()
+    config = dataclasses.replace(PRESETS["torrent"], haze=(0.0, 0.0))
+    rainy, rain = render_rain(img, config, np.random.default_rng(3))
+    np.testing.assert_allclose(rainy, np.minimum(img + rain, 1.0), atol=1e-6)
+    screened, _ = render_rain(img, dataclasses.replace(config, blend="screen"), np.random.default_rng(3))
+    assert (rainy == 1.0).mean() > (screened >= 1.0 - 1e-6).mean() + 0.01  # adding saturates more
+    assert np.all(rainy >= screened - 1e-6)
+
+
 def test_haze_lifts_dark_pixels_towards_the_atmospheric_light():
     dark = np.full((40, 60, 3), 0.05, np.float32)
     config = dataclasses.replace(SINGLE, density=(0.0, 0.0), haze=(0.3, 0.3), haze_light=(0.9, 0.9))
@@ -112,7 +122,7 @@ def test_streak_kernel_has_the_requested_length_and_unit_peak():
 
 
 @pytest.mark.parametrize("field,value", [("length", (10.0, 5.0)), ("density", (0.0, 2.0)),
-                                         ("layers", (0, 2)), ("haze", (-0.1, 0.1))])
+                                         ("layers", (0, 2)), ("haze", (-0.1, 0.1)), ("blend", "multiply")])
 def test_config_rejects_reversed_or_out_of_range_values(field, value):
     with pytest.raises(ValueError, match=field):
         RainConfig(**{field: value})
