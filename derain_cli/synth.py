@@ -24,6 +24,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image
@@ -54,7 +55,7 @@ class RainConfig:
     splash_density: Range = (0.0002, 0.0008)  # drops per pixel when it does
     splash_radius: Range = (1.5, 4.0)  # drop radius (pixels)
     reference_side: float | None = 320.0  # shorter side the pixel sizes above refer to
-    blend: str = "screen"  # how rain meets the scene: "screen" (1 - (1-a)(1-b)) or "add" (a + b, clipped)
+    blend: Literal["screen", "add"] = "screen"  # how rain meets the scene: "screen" (1 - (1-a)(1-b)) or "add" (a + b, clipped)
 
     def __post_init__(self) -> None:
         """Reject ranges that are reversed or outside their meaningful interval."""
