@@ -327,6 +327,8 @@ def train(
     data: Annotated[Optional[list[Path]], typer.Option("--data", help="Folder with LQ/ and GT/ (repeatable).")] = None,
     lq: Annotated[Optional[list[Path]], typer.Option("--lq", help="Folder of degraded images (repeatable, with --gt).")] = None,
     gt: Annotated[Optional[list[Path]], typer.Option("--gt", help="Folder of clean images matching --lq.")] = None,
+    synth: Annotated[Optional[list[Path]], typer.Option("--synth", help="Folder of clean photos to render rain on, new rain for every sample (repeatable).")] = None,
+    synth_preset: Annotated[Optional[list[str]], typer.Option("--synth-preset", help="Rain preset for --synth, as NAME or NAME:COPIES (copies of each photo per epoch; repeatable; default heavy).")] = None,
     val: Annotated[Optional[Path], typer.Option("--val", help="Validation folder with LQ/ and GT/ (PSNR_Y, keeps best/).")] = None,
     from_: Annotated[Optional[str], typer.Option("--from", help="Fine-tune these U-Net weights (file or manifest name).")] = None,
     daclip: Annotated[Optional[str], typer.Option("--daclip", help="Condition on frozen DA-CLIP (file or manifest name).")] = None,
@@ -369,8 +371,10 @@ def train(
         mults = tuple(int(m) for m in ch_mult.split(","))
     except ValueError:
         raise typer.BadParameter(f"--ch-mult {ch_mult!r}: expected integers separated by commas") from None
+    presets = [_preset_copies(text) for text in synth_preset or ["heavy"]]
     config = TrainConfig(
-        out=out_dir, data=list(data or []), pairs=list(zip(lq or [], gt or [])), val=val, nf=nf, ch_mult=mults,
+        out=out_dir, data=list(data or []), pairs=list(zip(lq or [], gt or [])), synth=list(synth or []),
+        synth_presets=presets, val=val, nf=nf, ch_mult=mults,
         from_weights=_weights_file(from_, manifest, offline), daclip=_weights_file(daclip, manifest, offline),
         max_sigma=max_sigma, T=T, schedule=schedule, eps=eps, prediction=prediction, t_min=t_min, steps=steps, stop_after=stop_after,
         batch_size=batch_size, patch_size=patch_size, lr=lr, warmup_steps=warmup, grad_clip=grad_clip or None, ema_decay=ema_decay,
@@ -390,6 +394,17 @@ def train(
 
         result = run_training(config, progress=show, notify=None if quiet else err.print)
     err.print(f"Weights: {result}")
+
+
+def _preset_copies(text: str) -> tuple[str, int]:
+    """Parse --synth-preset NAME or NAME:COPIES."""
+    from derain_cli.synth import PRESETS
+
+    name, _, copies = text.partition(":")
+    if name not in PRESETS or not (copies or "1").isdigit() or int(copies or "1") < 1:
+        raise typer.BadParameter(f"--synth-preset {text!r}: expected NAME or NAME:COPIES with NAME one of "
+                                 f"{', '.join(sorted(PRESETS))} and COPIES at least 1")
+    return name, int(copies or "1")
 
 
 def _weights_file(name_or_path: str | None, manifest: Path | None, offline: bool) -> Path | None:

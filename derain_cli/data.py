@@ -7,6 +7,10 @@ sample's global number: sample ``j`` of step ``s`` (1-based) with global batch `
 generator seeded by ``(seed, k)``. So the data of a step does not depend on how many steps ran
 before in this process, on the number of loader workers, or on how the batch is split between
 distributed ranks: a resumed or sharded run sees exactly the samples of an uninterrupted one.
+
+Pairs can also be made on the fly (:class:`RainOnClean`): the clean crop of sample ``k`` gets rain
+rendered by :func:`derain_cli.synth.render_rain` from a generator seeded by ``(seed, k)``, so every
+visit of a photograph sees new rain, and a resumed run still sees the same rain as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from torch.utils.data import Dataset, Sampler
 from derain_cli.errors import DerainError
 from derain_cli.imageio import read_rgb8
 from derain_cli.pairing import pair_files
+from derain_cli.synth import PRESETS, RainConfig, render_rain
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 LQ_NAMES = ("LQ", "lq", "input", "rain")
@@ -32,6 +37,7 @@ GT_NAMES = ("GT", "gt", "target", "norain")
 STREAM_PATCH = 0
 STREAM_NOISE = 1
 STREAM_PERMUTATION = 2
+STREAM_RAIN = 3
 
 PathLike = str | os.PathLike[str]
 Pair = tuple[np.ndarray, np.ndarray]
@@ -84,6 +90,38 @@ class PairedFolder:
         return lq, gt
 
 
+class RainOnClean:
+    """Clean photographs of a folder, each listed ``copies`` times, to get rain of ``preset`` on the fly.
+
+    Quacks like :class:`PairedFolder`: ``read`` gives (clean, clean) and ``rain`` says what to render.
+    """
+
+    def __init__(self, clean_dir: PathLike, preset: str = "heavy", copies: int = 1) -> None:
+        self.clean_dir = Path(clean_dir)
+        if preset not in PRESETS:
+            raise DerainError(f"unknown rain preset {preset!r}; choose from {sorted(PRESETS)}")
+        if copies < 1:
+            raise DerainError(f"copies must be at least 1, got {copies}")
+        files = list_images(self.clean_dir)
+        if not files:
+            raise DerainError(f"{self.clean_dir}: no images to render rain on")
+        self.preset, self.copies, self.rain = preset, copies, PRESETS[preset]
+        self.pairs: list[tuple[Path, Path]] = [(f, f) for f in files for _ in range(copies)]
+        self.unpaired_lq: list[Path] = []
+        self.unpaired_gt: list[Path] = []
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __repr__(self) -> str:
+        return f"RainOnClean({str(self.clean_dir)!r}, {self.preset!r}, copies={self.copies}, pairs={len(self)})"
+
+    def read(self, index: int) -> Pair:
+        """The clean photograph ``index`` as uint8 RGB, twice (the rain is rendered per sample)."""
+        clean = read_rgb8(self.pairs[index][1])
+        return clean, clean
+
+
 def find_pairs(data_dir: PathLike) -> PairedFolder:
     """The pairs of ``DIR/LQ`` and ``DIR/GT`` (also ``lq``/``gt``, ``input``/``target``, ``rain``/``norain``)."""
     data_dir = Path(data_dir)
@@ -96,11 +134,22 @@ def find_pairs(data_dir: PathLike) -> PairedFolder:
 class PairImages:
     """The pairs of several folders as one indexable list, held in memory as uint8 when cached."""
 
-    def __init__(self, folders: Sequence[PairedFolder], cache: bool = True) -> None:
+    def __init__(self, folders: Sequence[PairedFolder | RainOnClean], cache: bool = True) -> None:
         if not folders:
             raise DerainError("no training data given")
         self.index = [(folder, i) for folder in folders for i in range(len(folder))]
-        self.cache = [folder.read(i) for folder, i in self.index] if cache else None
+        self.cache = self._read_all() if cache else None
+
+    def _read_all(self) -> list[Pair]:
+        """Every pair in memory; copies of the same clean photograph share one array."""
+        read: dict[tuple[int, Path, Path], Pair] = {}
+        out = []
+        for folder, i in self.index:
+            key = (id(folder), *folder.pairs[i])
+            if key not in read:
+                read[key] = folder.read(i)
+            out.append(read[key])
+        return out
 
     def __len__(self) -> int:
         return len(self.index)
@@ -116,6 +165,10 @@ class PairImages:
         """The LQ file name of pair ``i``."""
         folder, j = self.index[i]
         return folder.pairs[j][0].name
+
+    def rain(self, i: int) -> RainConfig | None:
+        """The rain to render on pair ``i``'s clean image, or None for a stored pair."""
+        return getattr(self.index[i][0], "rain", None)
 
 
 def pad_to(image: np.ndarray, size: int) -> np.ndarray:
@@ -151,6 +204,12 @@ def random_flip_rotate(lq: np.ndarray, gt: np.ndarray, rng: np.random.Generator)
     return apply(lq), apply(gt)
 
 
+def rainy_uint8(clean: np.ndarray, rain: RainConfig, rng: np.random.Generator, full_side: int) -> np.ndarray:
+    """Rain rendered on a uint8 crop of a photo whose shorter side is ``full_side``, rounded to uint8 as if saved."""
+    rainy, _ = render_rain(clean.astype(np.float32) / 255.0, rain, rng, full_side=max(full_side, min(clean.shape[:2])))
+    return np.round(rainy * 255.0).astype(np.uint8)
+
+
 def to_tensor(image: np.ndarray) -> Tensor:
     """A uint8 H x W x 3 array as a float32 [3, H, W] tensor on the 0..1 scale."""
     return torch.from_numpy(np.ascontiguousarray(image).transpose(2, 0, 1).copy()).float().div_(255)
@@ -179,9 +238,13 @@ class RandomPatches(Dataset):
 
     def __getitem__(self, k: int) -> dict[str, Tensor | int]:
         """Sample ``k``: {"lq", "gt"} float [3, P, P] tensors in 0..1 and its number "key"."""
-        lq, gt = self.images[self.pair_index(k)]
+        index = self.pair_index(k)
+        lq, gt = self.images[index]
         rng = sample_rng(self.seed, k, STREAM_PATCH)
         lq, gt = random_crop(lq, gt, self.patch_size, rng)
+        rain = self.images.rain(index)
+        if rain is not None:
+            lq = rainy_uint8(gt, rain, sample_rng(self.seed, k, STREAM_RAIN), full_side=min(self.images[index][1].shape[:2]))
         if self.augment:
             lq, gt = random_flip_rotate(lq, gt, rng)
         return {"lq": to_tensor(lq), "gt": to_tensor(gt), "key": k}

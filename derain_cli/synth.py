@@ -246,18 +246,24 @@ def apply_haze(clean: np.ndarray, haze: float, light: float, field: np.ndarray) 
     return clean * t + light * (1.0 - t)
 
 
-def render_rain(clean: np.ndarray, config: RainConfig,
-                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def render_rain(clean: np.ndarray, config: RainConfig, rng: np.random.Generator,
+                full_side: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Return (rainy, rain_layer), float32 HxWx3 in [0, 1].
 
     rainy = 1 - (1 - hazy) * (1 - rain_layer) with screen blending, min(hazy + rain_layer, 1) with "add".
+    ``full_side``: when ``clean`` is a crop of a larger photo, that photo's shorter side, so that the
+    streaks and the haze have the sizes they would have on the whole photo.
     """
     if clean.ndim != 3 or clean.shape[2] != 3:
         raise ValueError(f"expected an HxWx3 image, got shape {clean.shape}")
     if not np.issubdtype(clean.dtype, np.floating) or clean.min() < 0 or clean.max() > 1:
         raise ValueError("expected a float image with values in [0, 1]")
     shape = clean.shape[:2]
-    scale = min(shape) / config.reference_side if config.reference_side else 1.0
+    side = float(full_side) if full_side is not None else float(min(shape))
+    if side < min(shape):
+        raise ValueError(f"full_side {full_side} is smaller than the image's shorter side {min(shape)}")
+    scale = side / config.reference_side if config.reference_side else 1.0
+    cells = max(1, round(4 * min(shape) / side))  # haze varies over quarters of the whole photo
     main_angle = _uniform(rng, config.angle)
     rain = np.zeros(shape)
     for _ in range(int(rng.integers(config.layers[0], config.layers[1] + 1))):
@@ -267,7 +273,7 @@ def render_rain(clean: np.ndarray, config: RainConfig,
     hazy = clean.astype(np.float64)
     haze = _uniform(rng, config.haze)
     if haze > 0:
-        hazy = apply_haze(hazy, haze, _uniform(rng, config.haze_light), _smooth_field(rng, shape))
+        hazy = apply_haze(hazy, haze, _uniform(rng, config.haze_light), _smooth_field(rng, shape, cells))
     rain3 = np.repeat(rain[..., None], 3, axis=2)
     rainy = _screen(hazy, rain3) if config.blend == "screen" else np.minimum(hazy + rain3, 1.0)
     return rainy.astype(np.float32), rain3.astype(np.float32)

@@ -48,13 +48,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from derain_cli.checkpoints import load_daclip, load_unet, save_safetensors
-from derain_cli.data import (STREAM_NOISE, PairedFolder, PairImages, RandomPatches, StepBatches,
+from derain_cli.data import (STREAM_NOISE, PairedFolder, PairImages, RainOnClean, RandomPatches, StepBatches,
                              ValidationPairs, find_pairs, torch_generator)
 from derain_cli.devices import resolve_device
 from derain_cli.trainlog import plot_log, read_log, trim_log
 from derain_cli.errors import DerainError
 from derain_cli.metrics import score_pair
 from derain_cli.sde import IRSDE, PREDICTIONS, SCHEDULES
+from derain_cli.synth import PRESETS
 from derain_cli.unet import ConditionalUNet
 
 if TYPE_CHECKING:  # open_clip is slow to import: only runs with DA-CLIP pay for it
@@ -73,6 +74,8 @@ class TrainConfig:
     out: Path = Path("runs/derain")
     data: list[Path] = field(default_factory=list)  # folders holding LQ/ and GT/
     pairs: list[tuple[Path, Path]] = field(default_factory=list)  # explicit (LQ folder, GT folder)
+    synth: list[Path] = field(default_factory=list)  # folders of clean photos: rain rendered on the fly
+    synth_presets: list[tuple[str, int]] = field(default_factory=lambda: [("heavy", 1)])  # (preset, copies) for each
     val: Path | None = None  # folder holding LQ/ and GT/ for validation PSNR_Y
     # model: a new U-Net from nf/ch_mult, or the weights of from_weights (architecture inferred)
     nf: int = 64
@@ -126,8 +129,13 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise DerainError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not self.data and not self.pairs:
-            raise DerainError("no training data: give at least one data folder (LQ/ + GT/) or LQ/GT folder pair")
+        if not self.data and not self.pairs and not self.synth:
+            raise DerainError("no training data: give a data folder (LQ/ + GT/), an LQ/GT folder pair "
+                              "or a folder of clean photos to render rain on")
+        for preset, copies in self.synth_presets:
+            if preset not in PRESETS or copies < 1:
+                raise DerainError(f"synthetic rain {preset}:{copies}: expected a preset of {sorted(PRESETS)} "
+                                  "and at least 1 copy")
         if not 1 <= self.t_min <= self.T:
             raise DerainError(f"t_min must lie in 1..T ({self.T}), got {self.t_min}")
         if self.prediction not in PREDICTIONS:
@@ -387,10 +395,12 @@ class Trainer:
         _set_rng_state(state["rng"])
         self.note(f"resumed from {self.out / 'last'} at step {self.step}")
 
-    def _train_folders(self) -> list[PairedFolder]:
+    def _train_folders(self) -> list[PairedFolder | RainOnClean]:
         """The training folders, with a note for files that found no partner."""
-        folders = [find_pairs(d) for d in self.config.data]
+        folders: list[PairedFolder | RainOnClean] = [find_pairs(d) for d in self.config.data]
         folders += [PairedFolder(lq, gt) for lq, gt in self.config.pairs]
+        folders += [RainOnClean(d, preset, copies) for d in self.config.synth
+                    for preset, copies in self.config.synth_presets]
         for folder in folders:
             for path in [*folder.unpaired_lq, *folder.unpaired_gt]:
                 self.note(f"unpaired, not used: {path}")

@@ -235,6 +235,20 @@ def test_weights_convert_writes_safetensors_and_config(tmp_path, daclip_model_fi
     assert dst.is_file() and json.loads(dst.with_suffix(".json").read_text())["unet"]["nf"] == 32
 
 
+def test_train_renders_rain_on_clean_photos_and_refuses_unknown_presets(tmp_path, capsys):
+    for i in range(2):
+        write_rgb(tmp_path / "clean" / f"{i}.png", 40, 40, seed=i)
+    args = ["train", "--synth", tmp_path / "clean", "--out", tmp_path / "run", "--nf", "8", "--ch-mult", "1,2",
+            "--steps", "2", "--patch-size", "32", "--batch-size", "2", "--workers", "0", "--device", "cpu"]
+    code, _, err = derain(*args, "--synth-preset", "heavy:3", "--synth-preset", "light", capsys=capsys)
+    assert code == 0, err
+    assert "8 pairs" in err and (tmp_path / "run" / "last" / "unet.safetensors").is_file()
+    code, _, err = derain(*args, "--synth-preset", "drizzle:2", capsys=capsys)
+    assert code == 2 and "drizzle:2" in err and "torrent" in err
+    code, _, err = derain(*args, "--synth-preset", "heavy:0", capsys=capsys)
+    assert code == 2 and "heavy:0" in err
+
+
 def test_train_writes_a_loadable_run_and_refuses_to_clobber_it(tmp_path, capsys):
     from derain_cli.checkpoints import load_unet
 

@@ -7,9 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from derain_cli.data import (PairedFolder, PairImages, RandomPatches, StepBatches, ValidationPairs,
-                             find_pairs, random_crop, random_flip_rotate)
+from derain_cli.data import (STREAM_RAIN, PairedFolder, PairImages, RainOnClean, RandomPatches, StepBatches,
+                             ValidationPairs, find_pairs, rainy_uint8, random_crop, random_flip_rotate, sample_rng)
 from derain_cli.errors import DerainError
+from derain_cli.synth import PRESETS
 
 
 def coordinate_image(height: int, width: int, ident: int) -> np.ndarray:
@@ -141,3 +142,63 @@ def test_validation_pairs_give_whole_images_or_centre_crops(tmp_path):
     assert lq.shape == (3, 10, 10)
     assert gt[0, 0, 0] == 10 and gt[0, 0, 1] == 5  # rows 10..19, columns 5..14 of a 30x20 image
     assert len(ValidationPairs(images, limit=1)) == 1
+
+
+def write_clean(folder: Path, sizes: list[tuple[int, int]]) -> Path:
+    """Smooth mid-grey photographs (room for rain to brighten them) named 000.png, 001.png, ..."""
+    folder.mkdir(parents=True)
+    for i, (height, width) in enumerate(sizes):
+        rows, cols = np.mgrid[0:height, 0:width]
+        image = np.stack([60 + rows % 50, 60 + cols % 50, np.full_like(rows, 40 + 10 * i)], axis=-1)
+        Image.fromarray(image.astype(np.uint8)).save(folder / f"{i:03d}.png")
+    return folder
+
+
+def test_rain_on_clean_renders_new_rain_on_each_visit_and_the_same_rain_for_the_same_sample(tmp_path):
+    clean = write_clean(tmp_path / "clean", [(64, 80), (72, 64)])
+    images = PairImages([RainOnClean(clean, "light", copies=2)])
+    assert len(images) == 4 and images.rain(0) == PRESETS["light"]
+    patches = RandomPatches(images, 48, seed=3, augment=False)
+    visits: dict[int, list[int]] = {}
+    for k in range(12):
+        photo = patches.pair_index(k) // 2
+        visits.setdefault(photo, []).append(k)
+        lq, gt = to_uint8(patches[k]["lq"]), to_uint8(patches[k]["gt"])
+        assert (lq >= gt).all() and (lq > gt).mean() > 0.05  # the light preset only brightens (no haze)
+        source = np.asarray(Image.open(clean / f"{photo:03d}.png"))
+        top, left = int(gt[0, 0, 0]) - 60, int(gt[0, 0, 1]) - 60  # the GT is a window of the photograph
+        np.testing.assert_array_equal(gt, source[top:top + 48, left:left + 48])
+    again = RandomPatches(images, 48, seed=3, augment=False)
+    assert all(torch.equal(again[k]["lq"], patches[k]["lq"]) for k in reversed(range(12)))
+    # the same photograph visited twice still gets other rain
+    first, second = (patches[k] for k in visits[0][:2])
+    assert not torch.equal(first["lq"] - first["gt"], second["lq"] - second["gt"])
+
+
+def test_rain_on_clean_uses_the_sizes_of_the_whole_photograph(tmp_path):
+    clean = write_clean(tmp_path / "clean", [(320, 400)])
+    images = PairImages([RainOnClean(clean, "light")])
+    patches = RandomPatches(images, 64, seed=0, augment=False)
+    k = 0
+    item = patches[k]
+    rng = sample_rng(0, k, STREAM_RAIN)
+    gt = to_uint8(item["gt"])
+    expected = rainy_uint8(gt, PRESETS["light"], rng, full_side=320)
+    np.testing.assert_array_equal(to_uint8(item["lq"]), expected)
+    # rendered as a 64-pixel image of its own, streaks would be 5 times shorter: different rain
+    small = rainy_uint8(gt, PRESETS["light"], sample_rng(0, k, STREAM_RAIN), full_side=64)
+    assert not np.array_equal(small, expected)
+
+
+def test_rain_on_clean_refuses_unknown_presets_and_empty_folders(tmp_path):
+    clean = write_clean(tmp_path / "clean", [(20, 20)])
+    with pytest.raises(DerainError, match="unknown rain preset 'drizzle'"):
+        RainOnClean(clean, "drizzle")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DerainError, match="no images"):
+        RainOnClean(tmp_path / "empty")
+
+
+def test_copies_of_a_clean_photograph_share_one_array_in_memory(tmp_path):
+    images = PairImages([RainOnClean(write_clean(tmp_path / "clean", [(20, 20)]), "heavy", copies=3)])
+    assert len(images) == 3 and images[0][0] is images[2][1]

@@ -121,6 +121,19 @@ def test_streak_kernel_has_the_requested_length_and_unit_peak():
     assert abs((centre_column > 0.5).sum() - 21) <= 1
 
 
+def test_a_crop_gets_the_streak_sizes_of_its_whole_photograph():
+    crop = clean_image(64, 96)
+    light = PRESETS["light"]  # no haze: only the streak sizes depend on the scale
+    as_crop_of_640 = render_rain(crop, light, np.random.default_rng(4), full_side=640)[1]
+    # the same scale, spelled as a reference side: 320 px at 640 is 32 px at 64
+    scaled = render_rain(crop, dataclasses.replace(light, reference_side=32.0), np.random.default_rng(4))[1]
+    np.testing.assert_array_equal(as_crop_of_640, scaled)
+    as_own_image = render_rain(crop, light, np.random.default_rng(4))[1]
+    assert not np.array_equal(as_own_image, as_crop_of_640)
+    with pytest.raises(ValueError, match="full_side"):
+        render_rain(crop, light, np.random.default_rng(4), full_side=32)
+
+
 @pytest.mark.parametrize("field,value", [("length", (10.0, 5.0)), ("density", (0.0, 2.0)),
                                          ("layers", (0, 2)), ("haze", (-0.1, 0.1)), ("blend", "multiply")])
 def test_config_rejects_reversed_or_out_of_range_values(field, value):

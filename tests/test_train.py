@@ -20,6 +20,7 @@ from derain_cli.checkpoints import load_unet, save_safetensors
 from derain_cli.data import RandomPatches
 from derain_cli.errors import DerainError
 from derain_cli.sde import IRSDE
+from derain_cli.synth import PRESETS
 from derain_cli.train import (EMA, TrainConfig, Trainer, TrainingStopped, draw_times_and_noise, lr_at,
                               matching_loss, train)
 from derain_cli.trainlog import nice_ticks, plot_log, read_log
@@ -205,6 +206,18 @@ def test_resumed_run_ends_bit_for_bit_where_an_uninterrupted_run_ends(tmp_path, 
         assert all(torch.equal(v, b["optimizer"]["state"][index][k]) for k, v in moments.items())
     rows = lambda run: [(r["step"], r["loss"], r["lr"]) for r in read_log(run / "log.csv")]  # noqa: E731
     assert rows(broken) == rows(whole)
+
+
+def test_rain_rendered_on_the_fly_trains_and_resumes_bit_for_bit(tmp_path, rain_data):
+    clean = rain_data / "GT"
+    config = dict(synth=[clean], synth_presets=[("light", 1), ("torrent", 2)])
+    whole = Trainer(replace(tiny(tmp_path / "whole", rain_data, **config), data=[]))
+    assert len(whole.train_images) == 3 * 6 and whole.train_images.rain(17) == PRESETS["torrent"]
+    whole.run()
+    train(replace(tiny(tmp_path / "broken", rain_data, stop_after=3, **config), data=[]))
+    train(replace(tiny(tmp_path / "broken", rain_data, resume=True, **config), data=[]))
+    assert ((tmp_path / "broken" / "last" / "unet.safetensors").read_bytes()
+            == (tmp_path / "whole" / "last" / "unet.safetensors").read_bytes())
 
 
 def test_sigterm_stops_after_the_step_and_saves_it(tmp_path, rain_data):
