@@ -36,6 +36,7 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; the same seed
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (fp16 on CUDA, fp32 on CPU), fp32, bf16 or fp16.")]
 TileOpt = Annotated[str, typer.Option("--tile", help="Tile size in pixels, auto (fit free memory) or 0 (no tiling).")]
+PassesOpt = Annotated[str, typer.Option("--passes", help="Runs of the model on its own output: auto (the model's; the bundled one runs again on heavy rain only) or N for every image.")]
 OverlapOpt = Annotated[int, typer.Option("--tile-overlap", min=0, help="Overlap of neighbouring tiles in pixels.")]
 MaxSigmaOpt = Annotated[Optional[float], typer.Option("--max-sigma", help="SDE noise level (0-255 scale) for a bare --unet file.")]
 ScheduleOpt = Annotated[Optional[str], typer.Option("--schedule", help="SDE schedule for a bare --unet file: cosine, linear, constant.")]
@@ -92,12 +93,19 @@ def _load(model: str, manifest: Path | None, unet: Path | None, daclip: Path | N
     return loaded
 
 
-def _options(loaded, steps: int | None, sampler: str | None, seed: int, tile: str, overlap: int):
+def _options(loaded, steps: int | None, sampler: str | None, seed: int, tile: str, overlap: int,
+             passes: str = "auto"):
     """Sampling options from the flags, falling back to the model's defaults."""
     from derain_cli.pipeline import SampleOptions
 
+    if passes == "auto":
+        runs, repeat_above = loaded.passes, loaded.repeat_above
+    elif passes.isdigit() and int(passes) >= 1:
+        runs, repeat_above = int(passes), None
+    else:
+        raise typer.BadParameter(f"--passes {passes!r}: expected auto or a number of at least 1")
     return SampleOptions(steps=steps or loaded.steps, sampler=sampler or loaded.sampler, seed=seed,
-                         tile=_tile(tile), tile_overlap=overlap)
+                         tile=_tile(tile), tile_overlap=overlap, passes=runs, repeat_above=repeat_above)
 
 
 @contextmanager
@@ -131,7 +139,7 @@ def run(
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the clean image (format from the extension).")],
     model: ModelOpt = "auto", manifest: ManifestOpt = None, unet: UnetOpt = None, daclip: DaclipOpt = None,
     steps: StepsOpt = None, sampler: SamplerOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto", tile: TileOpt = "auto", tile_overlap: OverlapOpt = 32,
+    precision: PrecisionOpt = "auto", tile: TileOpt = "auto", tile_overlap: OverlapOpt = 32, passes: PassesOpt = "auto",
     max_sigma: MaxSigmaOpt = None, schedule: ScheduleOpt = None, eps: EpsOpt = None,
     offline: OfflineOpt = False, quality: QualityOpt = None, quiet: QuietOpt = False,
 ) -> None:
@@ -143,7 +151,7 @@ def run(
     if not rainy.is_file():
         raise DerainError(f"{rainy}: no such file")
     loaded = _load(model, manifest, unet, daclip, device, precision, max_sigma, schedule, eps, offline, quiet)
-    options = _options(loaded, steps, sampler, seed, tile, tile_overlap)
+    options = _options(loaded, steps, sampler, seed, tile, tile_overlap, passes)
     start = time.perf_counter()
     with _progress(quiet) as progress:
         derain_file(loaded.pipeline, rainy, output, options, quality, _step_callback(progress, options.steps))
@@ -162,7 +170,7 @@ def batch(
     report: Annotated[Optional[Path], typer.Option("--json", help="Write a JSON report here.")] = None,
     model: ModelOpt = "auto", manifest: ManifestOpt = None, unet: UnetOpt = None, daclip: DaclipOpt = None,
     steps: StepsOpt = None, sampler: SamplerOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto", tile: TileOpt = "auto", tile_overlap: OverlapOpt = 32,
+    precision: PrecisionOpt = "auto", tile: TileOpt = "auto", tile_overlap: OverlapOpt = 32, passes: PassesOpt = "auto",
     max_sigma: MaxSigmaOpt = None, schedule: ScheduleOpt = None, eps: EpsOpt = None,
     offline: OfflineOpt = False, quality: QualityOpt = None, quiet: QuietOpt = False,
 ) -> None:
@@ -175,7 +183,7 @@ def batch(
     results = [JobResult(str(j.src), str(j.dst), "skipped") for j in skipped]
     if jobs:
         loaded = _load(model, manifest, unet, daclip, device, precision, max_sigma, schedule, eps, offline, quiet)
-        options = _options(loaded, steps, sampler, seed, tile, tile_overlap)
+        options = _options(loaded, steps, sampler, seed, tile, tile_overlap, passes)
         with _progress(quiet) as progress:
             images = progress.add_task("images", total=len(jobs)) if progress else None
 
@@ -222,7 +230,7 @@ def bench(
     no_lpips: Annotated[bool, typer.Option("--no-lpips", help="Skip LPIPS even when it is available.")] = False,
     model: ModelOpt = "auto", manifest: ManifestOpt = None, unet: UnetOpt = None, daclip: DaclipOpt = None,
     steps: StepsOpt = None, sampler: SamplerOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto", tile: TileOpt = "auto", tile_overlap: OverlapOpt = 32,
+    precision: PrecisionOpt = "auto", tile: TileOpt = "auto", tile_overlap: OverlapOpt = 32, passes: PassesOpt = "auto",
     max_sigma: MaxSigmaOpt = None, schedule: ScheduleOpt = None, eps: EpsOpt = None,
     offline: OfflineOpt = False, quiet: QuietOpt = False,
 ) -> None:
@@ -236,7 +244,7 @@ def bench(
     pipeline, options, device_name = None, SampleOptions(), "n/a (score only)"
     if not score_only:
         loaded = _load(model, manifest, unet, daclip, device, precision, max_sigma, schedule, eps, offline, quiet)
-        options = _options(loaded, steps, sampler, seed, tile, tile_overlap)
+        options = _options(loaded, steps, sampler, seed, tile, tile_overlap, passes)
         pipeline, device_name = loaded.pipeline, str(loaded.pipeline.device)
     with _progress(quiet) as progress:
         images = progress.add_task("images", total=None) if progress else None

@@ -30,13 +30,26 @@ MEMORY_BUDGET_SHARE = 0.5
 
 @dataclass(frozen=True)
 class SampleOptions:
-    """How to sample: steps (None: the SDE's T), sampler, seed, tiling."""
+    """How to sample: steps (None: the SDE's T), sampler, seed, tiling, and repeated passes.
+
+    ``passes`` > 1 runs the model again on its own output (rounded to 8 bits, as if saved and run
+    again), up to ``passes`` times in all; with ``repeat_above`` set, an image gets a further pass
+    only when the previous one changed it by more than that mean absolute difference (0-255 scale):
+    heavy rain, which one pass leaves partly in place, and not light rain, which a second pass
+    would only blur.
+    """
 
     steps: int | None = None
     sampler: Sampler = "posterior"
     seed: int | None = 0
     tile: TileOption = "auto"
     tile_overlap: int = 32
+    passes: int = 1
+    repeat_above: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.passes < 1:
+            raise ValueError(f"passes must be at least 1, got {self.passes}")
 
 
 class DerainPipeline:
@@ -114,6 +127,21 @@ class DerainPipeline:
         if lq.dim() != 4 or lq.shape[1] != 3:
             raise ValueError(f"expected a [B, 3, H, W] tensor, got shape {tuple(lq.shape)}")
         lq = lq.to(self.device, torch.float32)
+        out = self._restore_once(lq, options, callback)
+        for _ in range(options.passes - 1):
+            saved = torch.round(out * 255.0) / 255.0
+            again = torch.ones(lq.shape[0], dtype=torch.bool, device=out.device)
+            if options.repeat_above is not None:
+                again = (saved - lq).abs().flatten(1).mean(1) * 255.0 > options.repeat_above
+            if not again.any():
+                break
+            out = out.clone()
+            out[again] = self._restore_once(saved[again], options, callback)
+            lq = saved
+        return out
+
+    def _restore_once(self, lq: Tensor, options: SampleOptions, callback: StepCallback | None) -> Tensor:
+        """One run of the sampler on a [B, 3, H, W] batch in 0..1 (on the device, fp32)."""
         context = self.conditioning(lq)
         tile = self._tile_size(options.tile, *lq.shape[-2:])
         denoiser = self.denoiser

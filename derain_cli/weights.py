@@ -115,6 +115,8 @@ class ModelEntry:
     description: str = ""
     steps: int | None = None
     prediction: str = "noise"  # what the U-Net outputs: "noise" (published models) or "x0" (clean image)
+    passes: int = 1  # runs of the model on its own output (see derain_cli.pipeline.SampleOptions)
+    repeat_above: float | None = None  # a further pass only above this mean absolute change (0-255)
 
 
 @dataclass(frozen=True)
@@ -201,7 +203,7 @@ def _parse_model(name: str, raw: Any, manifest_path: Path, weights: Mapping[str,
     """Validate one model entry and check that it names existing weights entries."""
     where = f"{manifest_path}: model {name!r}"
     _check_keys(raw, where, required={"unet", "daclip", "sde", "sampler"},
-                optional={"description", "steps", "prediction"})
+                optional={"description", "steps", "prediction", "passes", "repeat_above"})
     for key in ("unet", "daclip"):
         ref = raw[key]
         if key == "daclip" and ref is None:
@@ -215,6 +217,12 @@ def _parse_model(name: str, raw: Any, manifest_path: Path, weights: Mapping[str,
     steps = raw.get("steps")
     if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
         raise WeightsError(f"{where}: 'steps' must be a positive number of sampler steps or null, got {steps!r}")
+    passes, repeat_above = raw.get("passes", 1), raw.get("repeat_above")
+    if not isinstance(passes, int) or isinstance(passes, bool) or passes < 1:
+        raise WeightsError(f"{where}: 'passes' must be a positive number of runs, got {passes!r}")
+    if repeat_above is not None and (not isinstance(repeat_above, (int, float)) or isinstance(repeat_above, bool)
+                                     or not 0 <= repeat_above <= 255):
+        raise WeightsError(f"{where}: 'repeat_above' must be a mean absolute change in 0..255 or null, got {repeat_above!r}")
     return ModelEntry(
         name=name,
         unet=raw["unet"],
@@ -224,6 +232,8 @@ def _parse_model(name: str, raw: Any, manifest_path: Path, weights: Mapping[str,
         description=raw.get("description", ""),
         steps=steps,
         prediction=raw.get("prediction", "noise"),
+        passes=passes,
+        repeat_above=None if repeat_above is None else float(repeat_above),
     )
 
 

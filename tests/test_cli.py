@@ -48,6 +48,22 @@ def test_run_with_the_same_seed_gives_identical_files(tmp_path, plain_unet_file,
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
+def test_run_passes_runs_the_model_again_on_its_output(tmp_path, plain_unet_file, capsys):
+    src = write_rgb(tmp_path / "rainy.png")
+    for name, passes in (("one.png", "1"), ("auto.png", "auto"), ("two.png", "2")):
+        code, _, err = derain("run", src, "-o", tmp_path / name, "--unet", plain_unet_file, "--passes", passes, *FAST,
+                              capsys=capsys)
+        assert code == 0, err
+    once = np.asarray(Image.open(tmp_path / "one.png"))
+    assert np.array_equal(once, np.asarray(Image.open(tmp_path / "auto.png")))  # a bare file: one pass
+    code, _, err = derain("run", tmp_path / "one.png", "-o", tmp_path / "again.png", "--unet", plain_unet_file, *FAST,
+                          capsys=capsys)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "two.png")), np.asarray(Image.open(tmp_path / "again.png")))
+    code, _, err = derain("run", src, "-o", tmp_path / "x.png", "--unet", plain_unet_file, "--passes", "0", *FAST,
+                          capsys=capsys)
+    assert code == 2 and "--passes" in err and not (tmp_path / "x.png").exists()
+
+
 def test_run_with_daclip_checkpoints_in_the_official_formats(tmp_path, daclip_model_files, capsys):
     unet_path, daclip_path = daclip_model_files
     src = write_rgb(tmp_path / "rainy.jpg")

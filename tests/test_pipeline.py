@@ -128,3 +128,29 @@ def test_a_clean_image_predicting_unet_is_sampled_as_such(plain_unet_file):
     torch.testing.assert_close(out, direct, atol=1e-5, rtol=0)
     with pytest.raises(DerainError, match="unknown prediction"):
         DerainPipeline(unet, IRSDE(**TINY_SDE), prediction="eps")
+
+
+def test_a_second_pass_runs_the_model_on_its_own_output_rounded_to_8_bits(plain):
+    lq = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    once = plain.restore(lq, FEW)
+    saved = torch.round(once * 255) / 255
+    twice = plain.restore(lq, SampleOptions(steps=4, tile=None, passes=2))
+    assert torch.equal(twice, plain.restore(saved, FEW))
+    assert not torch.equal(twice, once)
+    with pytest.raises(ValueError, match="passes must be at least 1"):
+        SampleOptions(passes=0)
+
+
+def test_repeat_above_gives_a_second_pass_only_to_images_the_first_changed_enough(plain):
+    lq = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    lq[1] = plain.restore(lq[1:], FEW)[0]  # the second image is close to what the model makes of it
+    once = plain.restore(lq, FEW)
+    change = (torch.round(once * 255) / 255 - lq).abs().flatten(1).mean(1) * 255
+    threshold = float(change.mean())
+    assert change[0] > threshold > change[1]
+    out = plain.restore(lq, SampleOptions(steps=4, tile=None, passes=2, repeat_above=threshold))
+    saved = torch.round(once * 255) / 255
+    assert torch.equal(out[0], plain.restore(saved[:1], FEW)[0])  # a second pass for the first image alone
+    assert torch.equal(out[1], once[1])
+    never = plain.restore(lq, SampleOptions(steps=4, tile=None, passes=3, repeat_above=255.0))
+    assert torch.equal(never, once)

@@ -383,6 +383,10 @@ def _broken(change: str) -> dict[str, Any]:
         weight["size"] = "4096"
     elif change == "bad prediction":
         model["prediction"] = "eps"
+    elif change == "zero passes":
+        model["passes"] = 0
+    elif change == "repeat above 255":
+        model["repeat_above"] = 300
     return data
 
 
@@ -400,6 +404,8 @@ def _broken(change: str) -> dict[str, Any]:
         ("bad sampler", r"'sampler' is 'euler'; choose from"),
         ("size as string", r"'size' must be a byte count or null"),
         ("bad prediction", r"'prediction' is 'eps'; choose from \['noise', 'x0'\]"),
+        ("zero passes", r"'passes' must be a positive number of runs, got 0"),
+        ("repeat above 255", r"'repeat_above' must be a mean absolute change in 0..255 or null, got 300"),
     ],
 )
 def test_invalid_manifests_fail_naming_the_key_and_the_valid_choices(tmp_path: Path, change: str, message: str) -> None:
