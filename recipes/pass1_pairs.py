@@ -1,0 +1,60 @@
+"""Second-pass training pairs for stage 5 of the `compact` recipe (see docs/MODEL_CARD.md).
+
+Usage: python3 recipes/pass1_pairs.py WEIGHTS DATA_DIR...
+
+For every pair of each DATA_DIR (LQ/ + GT/, file names in sorted order), cuts a 192x192 window
+(offsets from one numpy generator seeded 123, drawn in order across all the folders) and derains the
+LQ window once with WEIGHTS (1 step, seed 0, eight windows per call), writing the result as
+p1c_<name>/LQ/<file> and the clean window as p1c_<name>/GT/<file> in the current folder: what the
+model sees on a second pass, paired with what it should give.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from derain_cli.pipeline import SampleOptions
+from derain_cli.resolve import ModelSpec, load
+
+SIDE = 192
+CHUNK = 8
+
+
+def main(weights: str, folders: list[str]) -> None:
+    torch.set_num_threads(2)
+    pipeline = load(ModelSpec(unet=Path(weights)), device="cpu").pipeline
+    options = SampleOptions(steps=1, tile=None, passes=1, seed=0)
+    rng = np.random.default_rng(123)
+    for folder in map(Path, folders):
+        out = Path(f"p1c_{folder.name}")
+        (out / "LQ").mkdir(parents=True, exist_ok=True)
+        (out / "GT").mkdir(parents=True, exist_ok=True)
+        names = sorted(p.name for p in (folder / "LQ").glob("*.png"))
+        for start in range(0, len(names), CHUNK):
+            chunk, rainy, clean = names[start:start + CHUNK], [], []
+            for name in chunk:
+                lq = np.asarray(Image.open(folder / "LQ" / name).convert("RGB"))
+                gt = np.asarray(Image.open(folder / "GT" / name).convert("RGB"))
+                top = int(rng.integers(0, lq.shape[0] - SIDE + 1))
+                left = int(rng.integers(0, lq.shape[1] - SIDE + 1))
+                rainy.append(lq[top:top + SIDE, left:left + SIDE])
+                clean.append(gt[top:top + SIDE, left:left + SIDE])
+            batch = torch.from_numpy(np.stack(rainy)).permute(0, 3, 1, 2).float() / 255
+            with torch.no_grad():
+                derained = pipeline.restore(batch, options)
+            derained8 = (derained * 255).round().byte().permute(0, 2, 3, 1).numpy()
+            for name, once, gt in zip(chunk, derained8, clean):
+                Image.fromarray(once).save(out / "LQ" / name)
+                Image.fromarray(gt).save(out / "GT" / name)
+        print(f"{out}: {len(names)} pairs")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)
+    main(sys.argv[1], sys.argv[2:])
