@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# How the bundled `compact` model was made (see docs/MODEL_CARD.md). CPU only, under 3 hours on 2 cores.
+# How the bundled `compact` model was made (see docs/MODEL_CARD.md). CPU only, about 3 hours on 2 cores.
 # Usage: bash recipes/compact.sh SHARED_DATA WORK_DIR [prepare|train|all]
 #   SHARED_DATA: folder with raincityscapes/ (LQ/ + GT/).
 #   Rain100H and Rain100L are never used: their clean images are the same 100 photographs, so
