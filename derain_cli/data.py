@@ -240,11 +240,12 @@ class RandomPatches(Dataset):
         """Sample ``k``: {"lq", "gt"} float [3, P, P] tensors in 0..1 and its number "key"."""
         index = self.pair_index(k)
         lq, gt = self.images[index]
+        photo_side = min(gt.shape[:2])
         rng = sample_rng(self.seed, k, STREAM_PATCH)
         lq, gt = random_crop(lq, gt, self.patch_size, rng)
         rain = self.images.rain(index)
         if rain is not None:
-            lq = rainy_uint8(gt, rain, sample_rng(self.seed, k, STREAM_RAIN), full_side=min(self.images[index][1].shape[:2]))
+            lq = rainy_uint8(gt, rain, sample_rng(self.seed, k, STREAM_RAIN), full_side=photo_side)
         if self.augment:
             lq, gt = random_flip_rotate(lq, gt, rng)
         return {"lq": to_tensor(lq), "gt": to_tensor(gt), "key": k}
