@@ -141,11 +141,12 @@ class PairImages:
         self.cache = self._read_all() if cache else None
 
     def _read_all(self) -> list[Pair]:
-        """Every pair in memory; copies of the same clean photograph share one array."""
-        read: dict[tuple[int, Path, Path], Pair] = {}
+        """Every pair in memory, each file pair read once: a clean photograph listed for several copies
+        or rain presets shares one array."""
+        read: dict[tuple[Path, Path], Pair] = {}
         out = []
         for folder, i in self.index:
-            key = (id(folder), *folder.pairs[i])
+            key = folder.pairs[i]
             if key not in read:
                 read[key] = folder.read(i)
             out.append(read[key])

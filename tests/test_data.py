@@ -200,5 +200,7 @@ def test_rain_on_clean_refuses_unknown_presets_and_empty_folders(tmp_path):
 
 
 def test_copies_of_a_clean_photograph_share_one_array_in_memory(tmp_path):
-    images = PairImages([RainOnClean(write_clean(tmp_path / "clean", [(20, 20)]), "heavy", copies=3)])
-    assert len(images) == 3 and images[0][0] is images[2][1]
+    clean = write_clean(tmp_path / "clean", [(20, 20)])
+    images = PairImages([RainOnClean(clean, "heavy", copies=3), RainOnClean(clean, "light")])
+    assert len(images) == 4 and images[0][0] is images[2][1]
+    assert images[3][0] is images[0][0]  # another preset on the same photograph: read once too
