@@ -35,7 +35,7 @@ SamplerOpt = Annotated[Optional[str], typer.Option("--sampler", help="posterior 
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same output.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (fp16 on CUDA, fp32 on CPU), fp32, bf16 or fp16.")]
-TileOpt = Annotated[str, typer.Option("--tile", help="Tile size in pixels, auto (fit free memory) or 0 (no tiling).")]
+TileOpt = Annotated[str, typer.Option("--tile", help="Tile size in pixels, auto (the model's, else the largest that fits free memory) or 0 (no tiling).")]
 PassesOpt = Annotated[str, typer.Option("--passes", help="Runs of the model on its own output: auto (the model's; the bundled one runs again on heavy rain only) or N for every image.")]
 OverlapOpt = Annotated[int, typer.Option("--tile-overlap", min=0, help="Overlap of neighbouring tiles in pixels.")]
 MaxSigmaOpt = Annotated[Optional[float], typer.Option("--max-sigma", help="SDE noise level (0-255 scale) for a bare --unet file.")]
@@ -104,8 +104,11 @@ def _options(loaded, steps: int | None, sampler: str | None, seed: int, tile: st
         runs, repeat_above = int(passes), None
     else:
         raise typer.BadParameter(f"--passes {passes!r}: expected auto or a number of at least 1")
+    size = _tile(tile)
+    if size == "auto" and loaded.tile is not None:
+        size = loaded.tile
     return SampleOptions(steps=steps or loaded.steps, sampler=sampler or loaded.sampler, seed=seed,
-                         tile=_tile(tile), tile_overlap=overlap, passes=runs, repeat_above=repeat_above)
+                         tile=size, tile_overlap=overlap, passes=runs, repeat_above=repeat_above)
 
 
 @contextmanager

@@ -42,6 +42,7 @@ class Loaded:
     notes: list[str] = field(default_factory=list)
     passes: int = 1
     repeat_above: float | None = None
+    tile: int | None = None  # the tile size `--tile auto` uses; None: the largest that fits the memory
 
 
 def sidecar_config(checkpoint: Path) -> dict:
@@ -79,7 +80,7 @@ def load(spec: ModelSpec, device: str = "auto", precision: str = "auto") -> Load
         description = f"U-Net {unet_path}" + (f" + DA-CLIP {daclip_path}" if daclip_path else "")
         steps, sampler = config.get("steps"), config.get("sampler", "posterior")
         prediction = config.get("prediction", "noise")
-        passes, repeat_above = config.get("passes", 1), config.get("repeat_above")
+        passes, repeat_above, tile = config.get("passes", 1), config.get("repeat_above"), config.get("tile")
     else:
         manifest = load_manifest(spec.manifest)
         name = spec.model
@@ -92,7 +93,7 @@ def load(spec: ModelSpec, device: str = "auto", precision: str = "auto") -> Load
         sde = _sde_settings(spec, vars(entry.sde))
         description = f"model {name!r}" + (f" ({entry.description})" if entry.description else "")
         steps, sampler, prediction = entry.steps, entry.sampler, entry.prediction
-        passes, repeat_above = entry.passes, entry.repeat_above
+        passes, repeat_above, tile = entry.passes, entry.repeat_above, entry.tile
     pipeline = DerainPipeline.from_files(unet_path, daclip_path, IRSDE(**sde), device=str(torch_device),
                                          precision=precision, prediction=prediction)
-    return Loaded(pipeline, description, steps, sampler, notes, passes, repeat_above)
+    return Loaded(pipeline, description, steps, sampler, notes, passes, repeat_above, tile)

@@ -39,6 +39,7 @@ SAMPLERS = ("posterior", "sde", "ode")
 PREDICTIONS = ("noise", "x0")
 AUTO_MODEL = "universal"
 FALLBACK_MODEL = "compact"
+MIN_TILE = 64  # smallest tile a model entry may ask for (as derain_cli.tiling, which needs torch)
 
 _HEX40 = re.compile(r"[0-9a-f]{40}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -117,6 +118,7 @@ class ModelEntry:
     prediction: str = "noise"  # what the U-Net outputs: "noise" (published models) or "x0" (clean image)
     passes: int = 1  # runs of the model on its own output (see derain_cli.pipeline.SampleOptions)
     repeat_above: float | None = None  # a further pass only above this mean absolute change (0-255)
+    tile: int | None = None  # tile size `--tile auto` uses (the size the model was chosen with); None: by memory
 
 
 @dataclass(frozen=True)
@@ -203,7 +205,7 @@ def _parse_model(name: str, raw: Any, manifest_path: Path, weights: Mapping[str,
     """Validate one model entry and check that it names existing weights entries."""
     where = f"{manifest_path}: model {name!r}"
     _check_keys(raw, where, required={"unet", "daclip", "sde", "sampler"},
-                optional={"description", "steps", "prediction", "passes", "repeat_above"})
+                optional={"description", "steps", "prediction", "passes", "repeat_above", "tile"})
     for key in ("unet", "daclip"):
         ref = raw[key]
         if key == "daclip" and ref is None:
@@ -223,6 +225,9 @@ def _parse_model(name: str, raw: Any, manifest_path: Path, weights: Mapping[str,
     if repeat_above is not None and (not isinstance(repeat_above, (int, float)) or isinstance(repeat_above, bool)
                                      or not 0 <= repeat_above <= 255):
         raise WeightsError(f"{where}: 'repeat_above' must be a mean absolute change in 0..255 or null, got {repeat_above!r}")
+    tile = raw.get("tile")
+    if tile is not None and (not isinstance(tile, int) or isinstance(tile, bool) or tile < MIN_TILE):
+        raise WeightsError(f"{where}: 'tile' must be a tile size of at least {MIN_TILE} pixels or null, got {tile!r}")
     return ModelEntry(
         name=name,
         unet=raw["unet"],
@@ -234,6 +239,7 @@ def _parse_model(name: str, raw: Any, manifest_path: Path, weights: Mapping[str,
         prediction=raw.get("prediction", "noise"),
         passes=passes,
         repeat_above=None if repeat_above is None else float(repeat_above),
+        tile=tile,
     )
 
 

@@ -40,12 +40,14 @@ def test_the_bundled_model_is_registered_pinned_and_small():
     assert weights.bundled and weights.format == "safetensors" and model.daclip is None
     assert model.prediction == "x0" and model.steps is not None
     assert model.passes == 2 and model.repeat_above is not None  # a second pass on heavy rain only
+    assert model.tile is not None  # run in tiles of the size it was chosen with
     data = weights.path.read_bytes()
     assert len(data) == weights.size <= MAX_BYTES
     assert hashlib.sha256(data).hexdigest() == weights.sha256
     assert weights.path.stat().st_mode & stat.S_IROTH, "installed copies must be readable by every user"
     sidecar = json.loads(weights.path.with_suffix(".json").read_text())
     assert sidecar["sde"] == vars(model.sde) and sidecar["prediction"] == model.prediction
+    assert (sidecar["passes"], sidecar["repeat_above"], sidecar["tile"]) == (model.passes, model.repeat_above, model.tile)
 
 
 def _centre(image: np.ndarray, size: int = 128) -> np.ndarray:
@@ -58,7 +60,7 @@ def test_the_bundled_model_removes_rain_from_an_example(empty_hub_cache):
     assert loaded.notes and f"bundled model {FALLBACK_MODEL!r}" in loaded.notes[-1]
     rainy = _centre(read_rgb8(EXAMPLES / "rainy" / "cat.png"))
     clean = _centre(read_rgb8(EXAMPLES / "clean" / "cat.png"))
-    options = SampleOptions(steps=loaded.steps, tile=None, passes=loaded.passes, repeat_above=loaded.repeat_above)
+    options = SampleOptions(steps=loaded.steps, tile=loaded.tile, passes=loaded.passes, repeat_above=loaded.repeat_above)
     out = loaded.pipeline(Image.fromarray(rainy), options)
     before = score_pair(rainy, clean)["psnr_y"]
     after = score_pair(np.asarray(out), clean)["psnr_y"]

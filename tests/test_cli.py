@@ -64,6 +64,19 @@ def test_run_passes_runs_the_model_again_on_its_output(tmp_path, plain_unet_file
     assert code == 2 and "--passes" in err and not (tmp_path / "x.png").exists()
 
 
+def test_tile_auto_uses_the_tile_size_the_model_asks_for(tmp_path, plain_unet_file, capsys):
+    model = tmp_path / "m.safetensors"
+    model.write_bytes(plain_unet_file.read_bytes())
+    sidecar = json.loads(plain_unet_file.with_suffix(".json").read_text())
+    model.with_suffix(".json").write_text(json.dumps({**sidecar, "tile": 64}))
+    src = write_rgb(tmp_path / "rainy.png", 90, 120)
+    for name, tile in (("auto.png", "auto"), ("t64.png", "64"), ("whole.png", "0")):
+        code, _, err = derain("run", src, "-o", tmp_path / name, "--unet", model, "--tile", tile, *FAST, capsys=capsys)
+        assert code == 0, err
+    auto, t64, whole = (np.asarray(Image.open(tmp_path / n)) for n in ("auto.png", "t64.png", "whole.png"))
+    assert np.array_equal(auto, t64) and not np.array_equal(auto, whole)
+
+
 def test_run_with_daclip_checkpoints_in_the_official_formats(tmp_path, daclip_model_files, capsys):
     unet_path, daclip_path = daclip_model_files
     src = write_rgb(tmp_path / "rainy.jpg")

@@ -28,8 +28,11 @@ def test_default_steps_and_sampler_come_from_the_sidecar(plain_unet_file, tmp_pa
     loaded = load(ModelSpec(unet=copy), device="cpu")
     assert (loaded.steps, loaded.sampler) == (7, "ode")
     assert loaded.pipeline.prediction == "noise"
-    copy.with_suffix(".json").write_text(json.dumps({"prediction": "x0"}))
-    assert load(ModelSpec(unet=copy), device="cpu").pipeline.prediction == "x0"
+    assert (loaded.passes, loaded.repeat_above, loaded.tile) == (1, None, None)
+    copy.with_suffix(".json").write_text(json.dumps({"prediction": "x0", "passes": 2, "repeat_above": 9.5, "tile": 96}))
+    loaded = load(ModelSpec(unet=copy), device="cpu")
+    assert loaded.pipeline.prediction == "x0"
+    assert (loaded.passes, loaded.repeat_above, loaded.tile) == (2, 9.5, 96)
 
 
 def test_missing_checkpoint_and_bad_sidecar_are_clear_errors(plain_unet_file, tmp_path):
