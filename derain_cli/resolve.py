@@ -10,7 +10,7 @@ from derain_cli.devices import resolve_device, resolve_precision
 from derain_cli.errors import DerainError
 from derain_cli.pipeline import DerainPipeline
 from derain_cli.sde import IRSDE
-from derain_cli.weights import load_manifest, pick_auto_model, resolve_model, resolve_weights
+from derain_cli.weights import load_manifest, pick_auto_model, resolve_model, resolve_weights, run_defaults
 
 # The universal model's settings (the reference's test options), used for bare checkpoint files.
 DEFAULT_SDE = {"max_sigma": 50.0, "T": 100, "schedule": "cosine", "eps": 0.005}
@@ -80,7 +80,7 @@ def load(spec: ModelSpec, device: str = "auto", precision: str = "auto") -> Load
         description = f"U-Net {unet_path}" + (f" + DA-CLIP {daclip_path}" if daclip_path else "")
         steps, sampler = config.get("steps"), config.get("sampler", "posterior")
         prediction = config.get("prediction", "noise")
-        passes, repeat_above, tile = config.get("passes", 1), config.get("repeat_above"), config.get("tile")
+        passes, repeat_above, tile = run_defaults(config, str(unet_path.with_suffix(".json")))
     else:
         manifest = load_manifest(spec.manifest)
         name = spec.model

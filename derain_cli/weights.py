@@ -219,15 +219,7 @@ def _parse_model(name: str, raw: Any, manifest_path: Path, weights: Mapping[str,
     steps = raw.get("steps")
     if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
         raise WeightsError(f"{where}: 'steps' must be a positive number of sampler steps or null, got {steps!r}")
-    passes, repeat_above = raw.get("passes", 1), raw.get("repeat_above")
-    if not isinstance(passes, int) or isinstance(passes, bool) or passes < 1:
-        raise WeightsError(f"{where}: 'passes' must be a positive number of runs, got {passes!r}")
-    if repeat_above is not None and (not isinstance(repeat_above, (int, float)) or isinstance(repeat_above, bool)
-                                     or not 0 <= repeat_above <= 255):
-        raise WeightsError(f"{where}: 'repeat_above' must be a mean absolute change in 0..255 or null, got {repeat_above!r}")
-    tile = raw.get("tile")
-    if tile is not None and (not isinstance(tile, int) or isinstance(tile, bool) or tile < MIN_TILE):
-        raise WeightsError(f"{where}: 'tile' must be a tile size of at least {MIN_TILE} pixels or null, got {tile!r}")
+    passes, repeat_above, tile = run_defaults(raw, where)
     return ModelEntry(
         name=name,
         unet=raw["unet"],
@@ -238,9 +230,22 @@ def _parse_model(name: str, raw: Any, manifest_path: Path, weights: Mapping[str,
         steps=steps,
         prediction=raw.get("prediction", "noise"),
         passes=passes,
-        repeat_above=None if repeat_above is None else float(repeat_above),
+        repeat_above=repeat_above,
         tile=tile,
     )
+
+
+def run_defaults(raw: Mapping[str, Any], where: str) -> tuple[int, float | None, int | None]:
+    """Validated `passes`, `repeat_above` and `tile` of a model entry or a checkpoint's JSON config."""
+    passes, repeat_above, tile = raw.get("passes", 1), raw.get("repeat_above"), raw.get("tile")
+    if not isinstance(passes, int) or isinstance(passes, bool) or passes < 1:
+        raise WeightsError(f"{where}: 'passes' must be a positive number of runs, got {passes!r}")
+    if repeat_above is not None and (not isinstance(repeat_above, (int, float)) or isinstance(repeat_above, bool)
+                                     or not 0 <= repeat_above <= 255):
+        raise WeightsError(f"{where}: 'repeat_above' must be a mean absolute change in 0..255 or null, got {repeat_above!r}")
+    if tile is not None and (not isinstance(tile, int) or isinstance(tile, bool) or tile < MIN_TILE):
+        raise WeightsError(f"{where}: 'tile' must be a tile size of at least {MIN_TILE} pixels or null, got {tile!r}")
+    return passes, None if repeat_above is None else float(repeat_above), tile
 
 
 def _parse_sde(raw: Any, where: str) -> SDESettings:

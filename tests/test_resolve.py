@@ -43,3 +43,6 @@ def test_missing_checkpoint_and_bad_sidecar_are_clear_errors(plain_unet_file, tm
     copy.with_suffix(".json").write_text("{broken")
     with pytest.raises(DerainError, match="m.json"):
         load(ModelSpec(unet=copy), device="cpu")
+    copy.with_suffix(".json").write_text(json.dumps({"tile": 8}))
+    with pytest.raises(DerainError, match=r"m\.json: 'tile' must be a tile size of at least 64 pixels or null, got 8"):
+        load(ModelSpec(unet=copy), device="cpu")
