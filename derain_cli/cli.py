@@ -96,19 +96,19 @@ def _load(model: str, manifest: Path | None, unet: Path | None, daclip: Path | N
 def _options(loaded, steps: int | None, sampler: str | None, seed: int, tile: str, overlap: int,
              passes: str = "auto"):
     """Sampling options from the flags, falling back to the model's defaults."""
-    from derain_cli.pipeline import SampleOptions
-
-    if passes == "auto":
-        runs, repeat_above = loaded.passes, loaded.repeat_above
-    elif passes.isdigit() and int(passes) >= 1:
-        runs, repeat_above = int(passes), None
-    else:
-        raise typer.BadParameter(f"--passes {passes!r}: expected auto or a number of at least 1")
+    changes = {"seed": seed, "tile_overlap": overlap}
+    if steps:
+        changes["steps"] = steps
+    if sampler:
+        changes["sampler"] = sampler
     size = _tile(tile)
-    if size == "auto" and loaded.tile is not None:
-        size = loaded.tile
-    return SampleOptions(steps=steps or loaded.steps, sampler=sampler or loaded.sampler, seed=seed,
-                         tile=size, tile_overlap=overlap, passes=runs, repeat_above=repeat_above)
+    if size != "auto":
+        changes["tile"] = size
+    if passes != "auto":
+        if not (passes.isdigit() and int(passes) >= 1):
+            raise typer.BadParameter(f"--passes {passes!r}: expected auto or a number of at least 1")
+        changes.update(passes=int(passes), repeat_above=None)
+    return loaded.options(**changes)
 
 
 @contextmanager

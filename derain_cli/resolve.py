@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from derain_cli.devices import resolve_device, resolve_precision
 from derain_cli.errors import DerainError
-from derain_cli.pipeline import DerainPipeline
+from derain_cli.pipeline import DerainPipeline, SampleOptions
 from derain_cli.sde import IRSDE
 from derain_cli.weights import load_manifest, pick_auto_model, resolve_model, resolve_weights, run_defaults
 
@@ -43,6 +43,12 @@ class Loaded:
     passes: int = 1
     repeat_above: float | None = None
     tile: int | None = None  # the tile size `--tile auto` uses; None: the largest that fits the memory
+
+    def options(self, **changes) -> SampleOptions:
+        """Sampling options with the model's defaults (steps, sampler, tile, passes), then ``changes``."""
+        defaults = SampleOptions(steps=self.steps, sampler=self.sampler, tile=self.tile or "auto",
+                                 passes=self.passes, repeat_above=self.repeat_above)
+        return replace(defaults, **changes)
 
 
 def sidecar_config(checkpoint: Path) -> dict:

@@ -11,7 +11,6 @@ from PIL import Image
 
 from derain_cli.imageio import read_rgb8
 from derain_cli.metrics import score_pair
-from derain_cli.pipeline import SampleOptions
 from derain_cli.resolve import ModelSpec, load
 from derain_cli.weights import FALLBACK_MODEL, get_weights, load_manifest, resolve_model
 
@@ -60,7 +59,9 @@ def test_the_bundled_model_removes_rain_from_an_example(empty_hub_cache):
     assert loaded.notes and f"bundled model {FALLBACK_MODEL!r}" in loaded.notes[-1]
     rainy = _centre(read_rgb8(EXAMPLES / "rainy" / "cat.png"))
     clean = _centre(read_rgb8(EXAMPLES / "clean" / "cat.png"))
-    options = SampleOptions(steps=loaded.steps, tile=loaded.tile, passes=loaded.passes, repeat_above=loaded.repeat_above)
+    options = loaded.options()
+    assert (options.steps, options.tile, options.passes, options.repeat_above) == (
+        loaded.steps, loaded.tile, loaded.passes, loaded.repeat_above)
     out = loaded.pipeline(Image.fromarray(rainy), options)
     before = score_pair(rainy, clean)["psnr_y"]
     after = score_pair(np.asarray(out), clean)["psnr_y"]
