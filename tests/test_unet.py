@@ -244,3 +244,19 @@ def test_state_dict_without_levels_raises_checkpoint_error():
     }
     with pytest.raises(CheckpointError, match="downs.0.3.weight"):
         infer_unet_config(partial)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_channel_layer_norm_of_half_features_is_the_fp32_norm(dtype):
+    # Features of small variance, as the bundled model has: the reference's eps of 1e-3 for half
+    # inputs would scale them by ~0.3 (var 1e-4); the fp32 norm (eps 1e-5) is what published results use.
+    from derain_cli.unet import ChannelLayerNorm
+
+    norm = ChannelLayerNorm(16)
+    x = 0.01 * torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(0))
+    want = norm(x)
+    assert want.dtype == torch.float32
+    assert torch.equal(want, (x - x.mean(1, keepdim=True)) * (x.var(1, unbiased=False, keepdim=True) + 1e-5).rsqrt())
+    got = norm(x.to(dtype))
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.float(), want, atol=0.02, rtol=0.02)
