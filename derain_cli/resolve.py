@@ -86,7 +86,7 @@ def load(spec: ModelSpec, device: str = "auto", precision: str = "auto") -> Load
         description = f"U-Net {unet_path}" + (f" + DA-CLIP {daclip_path}" if daclip_path else "")
         steps, sampler = config.get("steps"), config.get("sampler", "posterior")
         prediction = config.get("prediction", "noise")
-        passes, repeat_above, tile = run_defaults(config, str(unet_path.with_suffix(".json")))
+        passes, repeat_above, tile, model_precision = run_defaults(config, str(unet_path.with_suffix(".json")))
     else:
         manifest = load_manifest(spec.manifest)
         name = spec.model
@@ -100,6 +100,9 @@ def load(spec: ModelSpec, device: str = "auto", precision: str = "auto") -> Load
         description = f"model {name!r}" + (f" ({entry.description})" if entry.description else "")
         steps, sampler, prediction = entry.steps, entry.sampler, entry.prediction
         passes, repeat_above, tile = entry.passes, entry.repeat_above, entry.tile
+        model_precision = entry.precision
+    if precision == "auto" and model_precision is not None:
+        precision = model_precision  # the model's own choice (the bundled one is exact and faster in fp32)
     pipeline = DerainPipeline.from_files(unet_path, daclip_path, IRSDE(**sde), device=str(torch_device),
                                          precision=precision, prediction=prediction)
     return Loaded(pipeline, description, steps, sampler, notes, passes, repeat_above, tile)

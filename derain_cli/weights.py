@@ -40,6 +40,7 @@ PREDICTIONS = ("noise", "x0")
 AUTO_MODEL = "universal"
 FALLBACK_MODEL = "compact"
 MIN_TILE = 64  # smallest tile a model entry may ask for (as derain_cli.tiling, which needs torch)
+MODEL_PRECISIONS = ("fp32", "bf16", "fp16")  # a model entry's precision (derain_cli.devices.PRECISIONS, which needs torch)
 
 _HEX40 = re.compile(r"[0-9a-f]{40}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -119,6 +120,7 @@ class ModelEntry:
     passes: int = 1  # runs of the model on its own output (see derain_cli.pipeline.SampleOptions)
     repeat_above: float | None = None  # a further pass only above this mean absolute change (0-255)
     tile: int | None = None  # tile size `--tile auto` uses (the size the model was chosen with); None: by memory
+    precision: str | None = None  # what `--precision auto` uses; None: fp16 autocast on CUDA, fp32 elsewhere
 
 
 @dataclass(frozen=True)
@@ -205,7 +207,7 @@ def _parse_model(name: str, raw: Any, manifest_path: Path, weights: Mapping[str,
     """Validate one model entry and check that it names existing weights entries."""
     where = f"{manifest_path}: model {name!r}"
     _check_keys(raw, where, required={"unet", "daclip", "sde", "sampler"},
-                optional={"description", "steps", "prediction", "passes", "repeat_above", "tile"})
+                optional={"description", "steps", "prediction", "passes", "repeat_above", "tile", "precision"})
     for key in ("unet", "daclip"):
         ref = raw[key]
         if key == "daclip" and ref is None:
@@ -219,7 +221,7 @@ def _parse_model(name: str, raw: Any, manifest_path: Path, weights: Mapping[str,
     steps = raw.get("steps")
     if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
         raise WeightsError(f"{where}: 'steps' must be a positive number of sampler steps or null, got {steps!r}")
-    passes, repeat_above, tile = run_defaults(raw, where)
+    passes, repeat_above, tile, precision = run_defaults(raw, where)
     return ModelEntry(
         name=name,
         unet=raw["unet"],
@@ -232,12 +234,14 @@ def _parse_model(name: str, raw: Any, manifest_path: Path, weights: Mapping[str,
         passes=passes,
         repeat_above=repeat_above,
         tile=tile,
+        precision=precision,
     )
 
 
-def run_defaults(raw: Mapping[str, Any], where: str) -> tuple[int, float | None, int | None]:
-    """Validated `passes`, `repeat_above` and `tile` of a model entry or a checkpoint's JSON config."""
+def run_defaults(raw: Mapping[str, Any], where: str) -> tuple[int, float | None, int | None, str | None]:
+    """Validated `passes`, `repeat_above`, `tile` and `precision` of a model entry or a checkpoint's JSON config."""
     passes, repeat_above, tile = raw.get("passes", 1), raw.get("repeat_above"), raw.get("tile")
+    precision = raw.get("precision")
     if not isinstance(passes, int) or isinstance(passes, bool) or passes < 1:
         raise WeightsError(f"{where}: 'passes' must be a positive number of runs, got {passes!r}")
     if repeat_above is not None and (not isinstance(repeat_above, (int, float)) or isinstance(repeat_above, bool)
@@ -245,7 +249,9 @@ def run_defaults(raw: Mapping[str, Any], where: str) -> tuple[int, float | None,
         raise WeightsError(f"{where}: 'repeat_above' must be a mean absolute change in 0..255 or null, got {repeat_above!r}")
     if tile is not None and (not isinstance(tile, int) or isinstance(tile, bool) or tile < MIN_TILE):
         raise WeightsError(f"{where}: 'tile' must be a tile size of at least {MIN_TILE} pixels or null, got {tile!r}")
-    return passes, None if repeat_above is None else float(repeat_above), tile
+    if precision is not None and precision not in MODEL_PRECISIONS:
+        raise WeightsError(f"{where}: 'precision' must be one of {', '.join(MODEL_PRECISIONS)} or null, got {precision!r}")
+    return passes, None if repeat_above is None else float(repeat_above), tile, precision
 
 
 def _parse_sde(raw: Any, where: str) -> SDESettings:

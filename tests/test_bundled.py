@@ -47,7 +47,9 @@ def test_the_bundled_model_is_registered_pinned_and_small():
     assert weights.path.stat().st_mode & stat.S_IROTH, "installed copies must be readable by every user"
     sidecar = json.loads(weights.path.with_suffix(".json").read_text())
     assert sidecar["sde"] == vars(model.sde) and sidecar["prediction"] == model.prediction
-    assert (sidecar["passes"], sidecar["repeat_above"], sidecar["tile"]) == (model.passes, model.repeat_above, model.tile)
+    assert (sidecar["passes"], sidecar["repeat_above"], sidecar["tile"], sidecar["precision"]) == (
+        model.passes, model.repeat_above, model.tile, model.precision)
+    assert model.precision == "fp32"  # as exact as on the CPU, and faster than fp16 autocast on a GPU
 
 
 def _centre(image: np.ndarray, size: int = 128) -> np.ndarray:

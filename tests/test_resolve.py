@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from derain_cli.errors import DerainError
 from derain_cli.resolve import DEFAULT_SDE, ModelSpec, load
@@ -33,6 +34,18 @@ def test_default_steps_and_sampler_come_from_the_sidecar(plain_unet_file, tmp_pa
     loaded = load(ModelSpec(unet=copy), device="cpu")
     assert loaded.pipeline.prediction == "x0"
     assert (loaded.passes, loaded.repeat_above, loaded.tile) == (2, 9.5, 96)
+
+
+def test_precision_auto_uses_the_precision_the_model_asks_for(plain_unet_file, tmp_path):
+    copy = tmp_path / "m.safetensors"
+    copy.write_bytes(plain_unet_file.read_bytes())
+    assert load(ModelSpec(unet=copy), device="cpu").pipeline.dtype == torch.float32  # auto on a CPU
+    copy.with_suffix(".json").write_text(json.dumps({"precision": "bf16"}))
+    assert load(ModelSpec(unet=copy), device="cpu").pipeline.dtype == torch.bfloat16
+    assert load(ModelSpec(unet=copy), device="cpu", precision="fp32").pipeline.dtype == torch.float32  # a flag wins
+    copy.with_suffix(".json").write_text(json.dumps({"precision": "half"}))
+    with pytest.raises(DerainError, match=r"m\.json: 'precision' must be one of fp32, bf16, fp16 or null, got 'half'"):
+        load(ModelSpec(unet=copy), device="cpu")
 
 
 def test_missing_checkpoint_and_bad_sidecar_are_clear_errors(plain_unet_file, tmp_path):

@@ -389,6 +389,8 @@ def _broken(change: str) -> dict[str, Any]:
         model["repeat_above"] = 300
     elif change == "tile too small":
         model["tile"] = 32
+    elif change == "unknown precision":
+        model["precision"] = "fp8"
     return data
 
 
@@ -409,6 +411,7 @@ def _broken(change: str) -> dict[str, Any]:
         ("zero passes", r"'passes' must be a positive number of runs, got 0"),
         ("repeat above 255", r"'repeat_above' must be a mean absolute change in 0..255 or null, got 300"),
         ("tile too small", r"'tile' must be a tile size of at least 64 pixels or null, got 32"),
+        ("unknown precision", r"'precision' must be one of fp32, bf16, fp16 or null, got 'fp8'"),
     ],
 )
 def test_invalid_manifests_fail_naming_the_key_and_the_valid_choices(tmp_path: Path, change: str, message: str) -> None:
