@@ -435,3 +435,10 @@ def test_unreadable_manifests_fail_with_the_position_or_path(tmp_path: Path) -> 
         load_manifest(path)
     with pytest.raises(WeightsError, match="manifest not found"):
         load_manifest(tmp_path / "nope.json")
+
+
+def test_model_precisions_are_the_precisions_the_devices_know():
+    from derain_cli.devices import PRECISIONS
+    from derain_cli.weights import MODEL_PRECISIONS
+
+    assert set(MODEL_PRECISIONS) == set(PRECISIONS)
