@@ -74,15 +74,15 @@ def test_the_bundled_model_removes_rain_from_an_example(empty_hub_cache):
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_the_bundled_model_in_half_precision_gives_its_fp32_output(empty_hub_cache, precision):
     # Autocast as on a GPU (fp16 is `--precision auto` there). With the reference's half-precision
-    # layer-norm eps the outputs were only ~32 dB from fp32 ones (on a GPU: -1.1 dB on Rain100H).
-    rainy = _centre(read_rgb8(EXAMPLES / "rainy" / "cat.png"))
+    # layer-norm eps the outputs were only ~38 dB from fp32 ones (on a GPU: -1.1 dB on Rain100H).
+    rainy = _centre(read_rgb8(EXAMPLES / "rainy" / "cat.png"), size=64)
     image = torch.from_numpy(rainy).permute(2, 0, 1)[None].float() / 255
     outputs = {}
     for name in ("fp32", precision):
         loaded = load(ModelSpec(model="compact"), device="cpu", precision=name)
         outputs[name] = loaded.pipeline.restore(image, loaded.options(passes=1, tile=None))
     mse = float(((outputs[precision] - outputs["fp32"]) ** 2).mean())
-    assert 10 * np.log10(1 / mse) > 45, mse
+    assert 10 * np.log10(1 / mse) > 45, 10 * np.log10(1 / mse)
 
 
 def test_derain_run_works_offline_with_no_download(tmp_path, empty_hub_cache, capsys):
