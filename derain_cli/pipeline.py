@@ -36,7 +36,8 @@ class SampleOptions:
     again), up to ``passes`` times in all; with ``repeat_above`` set, an image gets a further pass
     only when the previous one changed it by more than that mean absolute difference (0-255 scale):
     heavy rain, which one pass leaves partly in place, and not light rain, which a second pass
-    would only blur.
+    would only blur. A tuple gives one threshold per further pass (the second, the third, ...);
+    its last one serves any pass beyond.
     """
 
     steps: int | None = None
@@ -45,11 +46,19 @@ class SampleOptions:
     tile: TileOption = "auto"
     tile_overlap: int = 32
     passes: int = 1
-    repeat_above: float | None = None
+    repeat_above: float | tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.passes < 1:
             raise ValueError(f"passes must be at least 1, got {self.passes}")
+        if isinstance(self.repeat_above, tuple) and not self.repeat_above:
+            raise ValueError("repeat_above must hold at least one threshold")
+
+    def repeat_threshold(self, done: int) -> float | None:
+        """The change a pass must exceed for a further one, after ``done`` passes (None: always)."""
+        if not isinstance(self.repeat_above, tuple):
+            return self.repeat_above
+        return self.repeat_above[min(done, len(self.repeat_above)) - 1]
 
 
 class DerainPipeline:
@@ -128,11 +137,12 @@ class DerainPipeline:
             raise ValueError(f"expected a [B, 3, H, W] tensor, got shape {tuple(lq.shape)}")
         lq = lq.to(self.device, torch.float32)
         out = self._restore_once(lq, options, callback)
-        for _ in range(options.passes - 1):
+        for done in range(1, options.passes):
             saved = torch.round(out * 255.0) / 255.0
             again = torch.ones(lq.shape[0], dtype=torch.bool, device=out.device)
-            if options.repeat_above is not None:
-                again = (saved - lq).abs().flatten(1).mean(1) * 255.0 > options.repeat_above
+            threshold = options.repeat_threshold(done)
+            if threshold is not None:
+                again = (saved - lq).abs().flatten(1).mean(1) * 255.0 > threshold
             if not again.any():
                 break
             out = out.clone()

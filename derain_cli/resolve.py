@@ -41,7 +41,7 @@ class Loaded:
     sampler: str = "posterior"
     notes: list[str] = field(default_factory=list)
     passes: int = 1
-    repeat_above: float | None = None
+    repeat_above: float | tuple[float, ...] | None = None
     tile: int | None = None  # the tile size `--tile auto` uses; None: the largest that fits the memory
 
     def options(self, **changes) -> SampleOptions:

@@ -118,7 +118,7 @@ class ModelEntry:
     steps: int | None = None
     prediction: str = "noise"  # what the U-Net outputs: "noise" (published models) or "x0" (clean image)
     passes: int = 1  # runs of the model on its own output (see derain_cli.pipeline.SampleOptions)
-    repeat_above: float | None = None  # a further pass only above this mean absolute change (0-255)
+    repeat_above: float | tuple[float, ...] | None = None  # a further pass only above this mean absolute change (0-255), or one per pass
     tile: int | None = None  # tile size `--tile auto` uses (the size the model was chosen with); None: by memory
     precision: str | None = None  # what `--precision auto` uses; None: fp16 autocast on CUDA, fp32 elsewhere
 
@@ -238,20 +238,30 @@ def _parse_model(name: str, raw: Any, manifest_path: Path, weights: Mapping[str,
     )
 
 
-def run_defaults(raw: Mapping[str, Any], where: str) -> tuple[int, float | None, int | None, str | None]:
+def run_defaults(raw: Mapping[str, Any], where: str) -> tuple[int, float | tuple[float, ...] | None, int | None, str | None]:
     """Validated `passes`, `repeat_above`, `tile` and `precision` of a model entry or a checkpoint's JSON config."""
     passes, repeat_above, tile = raw.get("passes", 1), raw.get("repeat_above"), raw.get("tile")
     precision = raw.get("precision")
     if not isinstance(passes, int) or isinstance(passes, bool) or passes < 1:
         raise WeightsError(f"{where}: 'passes' must be a positive number of runs, got {passes!r}")
-    if repeat_above is not None and (not isinstance(repeat_above, (int, float)) or isinstance(repeat_above, bool)
-                                     or not 0 <= repeat_above <= 255):
-        raise WeightsError(f"{where}: 'repeat_above' must be a mean absolute change in 0..255 or null, got {repeat_above!r}")
+    thresholds = repeat_above if isinstance(repeat_above, list) else [repeat_above]
+    if repeat_above is not None and (not thresholds or not all(_is_change(value) for value in thresholds)):
+        raise WeightsError(f"{where}: 'repeat_above' must be a mean absolute change in 0..255, a list of them "
+                           f"(one per further pass) or null, got {repeat_above!r}")
     if tile is not None and (not isinstance(tile, int) or isinstance(tile, bool) or tile < MIN_TILE):
         raise WeightsError(f"{where}: 'tile' must be a tile size of at least {MIN_TILE} pixels or null, got {tile!r}")
     if precision is not None and precision not in MODEL_PRECISIONS:
         raise WeightsError(f"{where}: 'precision' must be one of {', '.join(MODEL_PRECISIONS)} or null, got {precision!r}")
-    return passes, None if repeat_above is None else float(repeat_above), tile, precision
+    if isinstance(repeat_above, list):
+        repeat_above = tuple(float(value) for value in repeat_above)
+    elif repeat_above is not None:
+        repeat_above = float(repeat_above)
+    return passes, repeat_above, tile, precision
+
+
+def _is_change(value: Any) -> bool:
+    """Whether ``value`` is a mean absolute change on the 0-255 scale."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 255
 
 
 def _parse_sde(raw: Any, where: str) -> SDESettings:

@@ -154,3 +154,33 @@ def test_repeat_above_gives_a_second_pass_only_to_images_the_first_changed_enoug
     assert torch.equal(out[1], once[1])
     never = plain.restore(lq, SampleOptions(steps=4, tile=None, passes=3, repeat_above=255.0))
     assert torch.equal(never, once)
+
+
+def _change(after: torch.Tensor, before: torch.Tensor) -> float:
+    """Mean absolute change of a pass on the 0-255 scale, of the output as saved."""
+    return float((torch.round(after * 255) / 255 - before).abs().mean() * 255)
+
+
+def test_repeat_above_can_give_each_further_pass_its_own_threshold(plain):
+    lq = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    chain, x = [], lq
+    for _ in range(3):
+        chain.append(plain.restore(x, FEW))
+        x = torch.round(chain[-1] * 255) / 255
+    first, second = _change(chain[0], lq), _change(chain[1], torch.round(chain[0] * 255) / 255)
+
+    def run(thresholds: tuple[float, ...], passes: int = 3) -> torch.Tensor:
+        return plain.restore(lq, SampleOptions(steps=4, tile=None, passes=passes, repeat_above=thresholds))
+
+    assert torch.equal(run((first - 0.01, second + 0.01)), chain[1])  # a second pass, not a third
+    assert torch.equal(run((first - 0.01, second - 0.01)), chain[2])  # a third pass too
+    assert torch.equal(run((first + 0.01, 0.0)), chain[0])  # no second pass, so no third
+    # The last threshold serves every further pass: a one-element tuple acts as the number.
+    assert torch.equal(run((min(first, second) - 0.01,)), chain[2])
+    assert torch.equal(run((min(first, second) - 0.01,)),
+                       plain.restore(lq, SampleOptions(steps=4, tile=None, passes=3, repeat_above=min(first, second) - 0.01)))
+
+
+def test_an_empty_tuple_of_thresholds_is_refused():
+    with pytest.raises(ValueError, match="at least one threshold"):
+        SampleOptions(passes=3, repeat_above=())

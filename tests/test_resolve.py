@@ -34,6 +34,10 @@ def test_default_steps_and_sampler_come_from_the_sidecar(plain_unet_file, tmp_pa
     loaded = load(ModelSpec(unet=copy), device="cpu")
     assert loaded.pipeline.prediction == "x0"
     assert (loaded.passes, loaded.repeat_above, loaded.tile) == (2, 9.5, 96)
+    copy.with_suffix(".json").write_text(json.dumps({"passes": 3, "repeat_above": [23.4, 11]}))
+    loaded = load(ModelSpec(unet=copy), device="cpu")
+    assert (loaded.passes, loaded.repeat_above) == (3, (23.4, 11.0))  # one threshold per further pass
+    assert loaded.options().repeat_threshold(2) == 11.0
 
 
 def test_precision_auto_uses_the_precision_the_model_asks_for(plain_unet_file, tmp_path):

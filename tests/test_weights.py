@@ -387,6 +387,10 @@ def _broken(change: str) -> dict[str, Any]:
         model["passes"] = 0
     elif change == "repeat above 255":
         model["repeat_above"] = 300
+    elif change == "empty repeat list":
+        model["repeat_above"] = []
+    elif change == "text in repeat list":
+        model["repeat_above"] = [23.4, "11"]
     elif change == "tile too small":
         model["tile"] = 32
     elif change == "unknown precision":
@@ -409,7 +413,9 @@ def _broken(change: str) -> dict[str, Any]:
         ("size as string", r"'size' must be a byte count or null"),
         ("bad prediction", r"'prediction' is 'eps'; choose from \['noise', 'x0'\]"),
         ("zero passes", r"'passes' must be a positive number of runs, got 0"),
-        ("repeat above 255", r"'repeat_above' must be a mean absolute change in 0..255 or null, got 300"),
+        ("repeat above 255", r"'repeat_above' must be a mean absolute change in 0..255, a list of them \(one per further pass\) or null, got 300"),
+        ("empty repeat list", r"'repeat_above' must be .* got \[\]"),
+        ("text in repeat list", r"'repeat_above' must be .* got \[23.4, '11'\]"),
         ("tile too small", r"'tile' must be a tile size of at least 64 pixels or null, got 32"),
         ("unknown precision", r"'precision' must be one of fp32, bf16, fp16 or null, got 'fp8'"),
     ],
