@@ -13,7 +13,7 @@ from PIL import Image
 from derain_cli.imageio import read_rgb8
 from derain_cli.metrics import score_pair
 from derain_cli.resolve import ModelSpec, load
-from derain_cli.weights import FALLBACK_MODEL, get_weights, load_manifest, resolve_model
+from derain_cli.weights import FALLBACK_MODEL, get_weights, load_manifest, resolve_model, run_defaults
 
 from tests.conftest import REPO
 from tests.test_cli import derain
@@ -39,7 +39,7 @@ def test_the_bundled_model_is_registered_pinned_and_small():
     weights = get_weights(manifest, model.unet)
     assert weights.bundled and weights.format == "safetensors" and model.daclip is None
     assert model.prediction == "x0" and model.steps is not None
-    assert model.passes == 2 and model.repeat_above is not None  # a second pass on heavy rain only
+    assert model.passes == 3 and model.repeat_above == (23.4, 11.0)  # further passes on heavy rain only
     assert model.tile is not None  # run in tiles of the size it was chosen with
     data = weights.path.read_bytes()
     assert len(data) == weights.size <= MAX_BYTES
@@ -47,8 +47,7 @@ def test_the_bundled_model_is_registered_pinned_and_small():
     assert weights.path.stat().st_mode & stat.S_IROTH, "installed copies must be readable by every user"
     sidecar = json.loads(weights.path.with_suffix(".json").read_text())
     assert sidecar["sde"] == vars(model.sde) and sidecar["prediction"] == model.prediction
-    assert (sidecar["passes"], sidecar["repeat_above"], sidecar["tile"], sidecar["precision"]) == (
-        model.passes, model.repeat_above, model.tile, model.precision)
+    assert run_defaults(sidecar, "compact.json") == (model.passes, model.repeat_above, model.tile, model.precision)
     assert model.precision == "fp32"  # as exact as on the CPU, and faster than fp16 autocast on a GPU
 
 
