@@ -51,6 +51,8 @@ class SampleOptions:
     def __post_init__(self) -> None:
         if self.passes < 1:
             raise ValueError(f"passes must be at least 1, got {self.passes}")
+        if isinstance(self.repeat_above, list):  # as read from JSON
+            object.__setattr__(self, "repeat_above", tuple(self.repeat_above))
         if isinstance(self.repeat_above, tuple) and not self.repeat_above:
             raise ValueError("repeat_above must hold at least one threshold")
 

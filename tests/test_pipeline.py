@@ -181,6 +181,8 @@ def test_repeat_above_can_give_each_further_pass_its_own_threshold(plain):
                        plain.restore(lq, SampleOptions(steps=4, tile=None, passes=3, repeat_above=min(first, second) - 0.01)))
 
 
-def test_an_empty_tuple_of_thresholds_is_refused():
+def test_an_empty_tuple_of_thresholds_is_refused_and_a_list_is_kept_as_a_tuple():
     with pytest.raises(ValueError, match="at least one threshold"):
         SampleOptions(passes=3, repeat_above=())
+    options = SampleOptions(passes=3, repeat_above=[23.4, 11.0])
+    assert options.repeat_above == (23.4, 11.0) and options.repeat_threshold(2) == 11.0
