@@ -252,10 +252,8 @@ def run_defaults(raw: Mapping[str, Any], where: str) -> tuple[int, float | tuple
         raise WeightsError(f"{where}: 'tile' must be a tile size of at least {MIN_TILE} pixels or null, got {tile!r}")
     if precision is not None and precision not in MODEL_PRECISIONS:
         raise WeightsError(f"{where}: 'precision' must be one of {', '.join(MODEL_PRECISIONS)} or null, got {precision!r}")
-    if isinstance(repeat_above, list):
-        repeat_above = tuple(float(value) for value in repeat_above)
-    elif repeat_above is not None:
-        repeat_above = float(repeat_above)
+    if repeat_above is not None:
+        repeat_above = tuple(map(float, thresholds)) if isinstance(repeat_above, list) else float(repeat_above)
     return passes, repeat_above, tile, precision
 
 
