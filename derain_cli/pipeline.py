@@ -63,38 +63,50 @@ class SampleOptions:
         return self.repeat_above[min(done, len(self.repeat_above)) - 1]
 
 
+def _conditioning(config: dict) -> tuple:
+    """What a U-Net takes besides the image: its DA-CLIP context size and which embeddings."""
+    return config.get("context_dim") or None, bool(config.get("use_degra_context")), bool(config.get("use_image_context"))
+
+
 class DerainPipeline:
     """Restores rainy images with an IR-SDE U-Net, optionally conditioned on DA-CLIP embeddings.
 
     ``prediction`` says what the U-Net outputs: the noise (the published models) or the clean image
-    (``derain train --prediction x0``, as the bundled compact model).
+    (``derain train --prediction x0``, as the bundled compact model). ``repeat_unet``, when given,
+    runs the further passes (see ``SampleOptions.passes``) instead of ``unet``: a second model
+    trained on what the first pass leaves, with the same SDE, prediction and conditioning.
     """
 
     def __init__(self, unet: ConditionalUNet, sde: IRSDE, daclip: DACLIP | None = None,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                 prediction: Prediction = "noise") -> None:
+                 prediction: Prediction = "noise", repeat_unet: ConditionalUNet | None = None) -> None:
         if prediction not in PREDICTIONS:
             raise DerainError(f"unknown prediction {prediction!r}; choose from {list(PREDICTIONS)}")
         self.prediction = prediction
         self.device = torch.device(device)
         self.dtype = dtype
         self.unet = unet.to(self.device).eval()
+        self.repeat_unet = repeat_unet.to(self.device).eval() if repeat_unet is not None else None
         self.daclip = daclip.to(self.device).eval() if daclip is not None else None
         self.sde = sde
         self.on_tile_shrink: Callable[[int], None] | None = None
         if self.needs_daclip and self.daclip is None:
             raise DerainError("this U-Net is conditioned on DA-CLIP embeddings: give the DA-CLIP weights too")
+        if repeat_unet is not None and _conditioning(repeat_unet.config) != _conditioning(unet.config):
+            raise DerainError("the U-Net for further passes must take the same conditioning as the first")
 
     @classmethod
     def from_files(cls, unet_path: str | Path, daclip_path: str | Path | None = None,
                    sde: IRSDE | None = None, device: str = "auto",
-                   precision: str = "auto", prediction: Prediction = "noise") -> DerainPipeline:
+                   precision: str = "auto", prediction: Prediction = "noise",
+                   repeat_unet_path: str | Path | None = None) -> DerainPipeline:
         """Build a pipeline from checkpoint files (architecture inferred from the tensors)."""
         torch_device, _ = resolve_device(device)
         unet = load_unet(unet_path)
         daclip = load_daclip(daclip_path) if daclip_path is not None else None
+        repeat_unet = load_unet(repeat_unet_path) if repeat_unet_path is not None else None
         return cls(unet, sde or IRSDE(), daclip, torch_device, resolve_precision(precision, torch_device),
-                   prediction)
+                   prediction, repeat_unet)
 
     @property
     def needs_daclip(self) -> bool:
@@ -124,6 +136,13 @@ class DerainPipeline:
         with self._autocast():
             return self.unet(x_t, mu, t, **context).float()
 
+    def repeat_denoiser(self, x_t: Tensor, mu: Tensor, t: Tensor, **context: Tensor) -> Tensor:
+        """As ``denoiser``, with the U-Net of the further passes (``unet`` when there is none)."""
+        if self.repeat_unet is None:
+            return self.denoiser(x_t, mu, t, **context)
+        with self._autocast():
+            return self.repeat_unet(x_t, mu, t, **context).float()
+
     def _tile_size(self, tile: TileOption, height: int, width: int) -> int | None:
         """The tile size to use: a given size, none, or the largest that fits the free memory."""
         if tile != "auto":
@@ -148,17 +167,18 @@ class DerainPipeline:
             if not again.any():
                 break
             out = out.clone()
-            out[again] = self._restore_once(saved[again], options, callback)
+            out[again] = self._restore_once(saved[again], options, callback, self.repeat_denoiser)
             lq = saved
         return out
 
-    def _restore_once(self, lq: Tensor, options: SampleOptions, callback: StepCallback | None) -> Tensor:
-        """One run of the sampler on a [B, 3, H, W] batch in 0..1 (on the device, fp32)."""
+    def _restore_once(self, lq: Tensor, options: SampleOptions, callback: StepCallback | None,
+                      model: Callable[..., Tensor] | None = None) -> Tensor:
+        """One run of the sampler with ``model`` (default: ``denoiser``) on a [B, 3, H, W] batch in 0..1."""
         context = self.conditioning(lq)
         tile = self._tile_size(options.tile, *lq.shape[-2:])
-        denoiser = self.denoiser
+        denoiser = model or self.denoiser
         if tile is not None:
-            denoiser = TiledDenoiser(self.denoiser, tile, options.tile_overlap,
+            denoiser = TiledDenoiser(denoiser, tile, options.tile_overlap,
                                      shrink_on_oom=options.tile == "auto", on_shrink=self.on_tile_shrink)
         generator = None
         if options.seed is not None:

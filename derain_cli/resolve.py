@@ -65,6 +65,19 @@ def sidecar_config(checkpoint: Path) -> dict:
     return data
 
 
+def _beside(checkpoint: Path, name: object) -> Path | None:
+    """The further passes' U-Net a checkpoint's JSON config names (a file in the same folder), or None."""
+    if name is None:
+        return None
+    where = checkpoint.with_suffix(".json")
+    if not isinstance(name, str) or not name or Path(name).name != name:
+        raise DerainError(f"{where}: 'repeat_unet' must be the name of a file beside it, got {name!r}")
+    path = checkpoint.parent / name
+    if not path.is_file():
+        raise DerainError(f"{path}: no such checkpoint file (named by {where.name} as 'repeat_unet')")
+    return path
+
+
 def _sde_settings(spec: ModelSpec, base: dict) -> dict:
     """SDE settings: the model's own, overridden by any flag the user gave."""
     flags = {"max_sigma": spec.max_sigma, "schedule": spec.schedule, "eps": spec.eps, "T": spec.T}
@@ -83,7 +96,9 @@ def load(spec: ModelSpec, device: str = "auto", precision: str = "auto") -> Load
                 raise DerainError(f"{path}: no such checkpoint file")
         config = sidecar_config(unet_path)
         sde = _sde_settings(spec, config.get("sde", {}))
+        repeat_path = _beside(unet_path, config.get("repeat_unet"))
         description = f"U-Net {unet_path}" + (f" + DA-CLIP {daclip_path}" if daclip_path else "")
+        description += f" (further passes: {repeat_path.name})" if repeat_path else ""
         steps, sampler = config.get("steps"), config.get("sampler", "posterior")
         prediction = config.get("prediction", "noise")
         passes, repeat_above, tile, model_precision = run_defaults(config, str(unet_path.with_suffix(".json")))
@@ -96,6 +111,7 @@ def load(spec: ModelSpec, device: str = "auto", precision: str = "auto") -> Load
         entry = resolve_model(manifest, name)
         unet_path = resolve_weights(manifest, entry.unet, offline=spec.offline)
         daclip_path = resolve_weights(manifest, entry.daclip, offline=spec.offline) if entry.daclip else None
+        repeat_path = resolve_weights(manifest, entry.repeat_unet, offline=spec.offline) if entry.repeat_unet else None
         sde = _sde_settings(spec, vars(entry.sde))
         description = f"model {name!r}" + (f" ({entry.description})" if entry.description else "")
         steps, sampler, prediction = entry.steps, entry.sampler, entry.prediction
@@ -104,5 +120,5 @@ def load(spec: ModelSpec, device: str = "auto", precision: str = "auto") -> Load
     if precision == "auto" and model_precision is not None:
         precision = model_precision  # the model's own choice (the bundled one is exact and faster in fp32)
     pipeline = DerainPipeline.from_files(unet_path, daclip_path, IRSDE(**sde), device=str(torch_device),
-                                         precision=precision, prediction=prediction)
+                                         precision=precision, prediction=prediction, repeat_unet_path=repeat_path)
     return Loaded(pipeline, description, steps, sampler, notes, passes, repeat_above, tile)

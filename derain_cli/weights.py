@@ -121,6 +121,7 @@ class ModelEntry:
     repeat_above: float | tuple[float, ...] | None = None  # a further pass only above this mean absolute change (0-255), or one per pass
     tile: int | None = None  # tile size `--tile auto` uses (the size the model was chosen with); None: by memory
     precision: str | None = None  # what `--precision auto` uses; None: fp16 autocast on CUDA, fp32 elsewhere
+    repeat_unet: str | None = None  # weights of a second U-Net for the further passes; None: `unet` again
 
 
 @dataclass(frozen=True)
@@ -207,10 +208,11 @@ def _parse_model(name: str, raw: Any, manifest_path: Path, weights: Mapping[str,
     """Validate one model entry and check that it names existing weights entries."""
     where = f"{manifest_path}: model {name!r}"
     _check_keys(raw, where, required={"unet", "daclip", "sde", "sampler"},
-                optional={"description", "steps", "prediction", "passes", "repeat_above", "tile", "precision"})
-    for key in ("unet", "daclip"):
-        ref = raw[key]
-        if key == "daclip" and ref is None:
+                optional={"description", "steps", "prediction", "passes", "repeat_above", "tile", "precision",
+                          "repeat_unet"})
+    for key in ("unet", "daclip", "repeat_unet"):
+        ref = raw.get(key)
+        if key != "unet" and ref is None:
             continue
         _expect(ref, str, where, key)
         if ref not in weights:
@@ -235,6 +237,7 @@ def _parse_model(name: str, raw: Any, manifest_path: Path, weights: Mapping[str,
         repeat_above=repeat_above,
         tile=tile,
         precision=precision,
+        repeat_unet=raw.get("repeat_unet"),
     )
 
 
@@ -317,8 +320,8 @@ def resolve_model(manifest: Manifest, name: str) -> ModelEntry:
 
 
 def model_weights(model: ModelEntry) -> list[str]:
-    """Return the weights names a model needs (U-Net first, then DA-CLIP when it has one)."""
-    return [model.unet] + ([model.daclip] if model.daclip is not None else [])
+    """Return the weights names a model needs (U-Net first, then DA-CLIP and the further passes' U-Net)."""
+    return [model.unet] + [name for name in (model.daclip, model.repeat_unet) if name is not None]
 
 
 def weights_names(manifest: Manifest, names: Iterable[str]) -> list[str]:

@@ -186,3 +186,30 @@ def test_an_empty_tuple_of_thresholds_is_refused_and_a_list_is_kept_as_a_tuple()
         SampleOptions(passes=3, repeat_above=())
     options = SampleOptions(passes=3, repeat_above=[23.4, 11.0])
     assert options.repeat_above == (23.4, 11.0) and options.repeat_threshold(2) == 11.0
+
+
+def test_a_repeat_unet_runs_the_further_passes_and_only_those(plain_unet_file):
+    from derain_cli.unet import ConditionalUNet
+
+    from tests.conftest import TINY_PLAIN_UNET
+
+    torch.manual_seed(5)
+    first, other = load_unet(plain_unet_file), ConditionalUNet(**TINY_PLAIN_UNET)
+    alone = DerainPipeline(first, IRSDE(**TINY_SDE))
+    second = DerainPipeline(other, IRSDE(**TINY_SDE))
+    cascade = DerainPipeline(first, IRSDE(**TINY_SDE), repeat_unet=other)
+    lq = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    once = alone.restore(lq, FEW)
+    assert torch.equal(cascade.restore(lq, FEW), once)  # one pass: the first U-Net alone
+    saved = torch.round(once * 255) / 255
+    twice = second.restore(saved, FEW)
+    assert torch.equal(cascade.restore(lq, SampleOptions(steps=4, tile=None, passes=2)), twice)
+    assert not torch.equal(twice, alone.restore(saved, FEW))  # the second U-Net made a difference
+    thrice = second.restore(torch.round(twice * 255) / 255, FEW)
+    assert torch.equal(cascade.restore(lq, SampleOptions(steps=4, tile=None, passes=3)), thrice)
+
+
+def test_a_repeat_unet_must_take_the_same_conditioning(plain_unet_file, daclip_model_files):
+    unet_path, daclip_path = daclip_model_files
+    with pytest.raises(DerainError, match="same conditioning"):
+        DerainPipeline(load_unet(unet_path), IRSDE(), load_daclip(daclip_path), repeat_unet=load_unet(plain_unet_file))

@@ -40,6 +40,23 @@ def test_default_steps_and_sampler_come_from_the_sidecar(plain_unet_file, tmp_pa
     assert loaded.options().repeat_threshold(2) == 11.0
 
 
+def test_the_sidecar_can_name_a_unet_for_the_further_passes_beside_it(plain_unet_file, tmp_path):
+    copy, second = tmp_path / "m.safetensors", tmp_path / "m_repeat.safetensors"
+    copy.write_bytes(plain_unet_file.read_bytes())
+    copy.with_suffix(".json").write_text(json.dumps({"passes": 2, "repeat_unet": "m_repeat.safetensors"}))
+    with pytest.raises(DerainError, match=r"m_repeat\.safetensors: no such checkpoint file \(named by m\.json"):
+        load(ModelSpec(unet=copy), device="cpu")
+    second.write_bytes(plain_unet_file.read_bytes())
+    loaded = load(ModelSpec(unet=copy), device="cpu")
+    assert loaded.pipeline.repeat_unet is not None and loaded.pipeline.repeat_unet is not loaded.pipeline.unet
+    for bad in ("../m_repeat.safetensors", "", 3):
+        copy.with_suffix(".json").write_text(json.dumps({"repeat_unet": bad}))
+        with pytest.raises(DerainError, match=r"m\.json: 'repeat_unet' must be the name of a file beside it"):
+            load(ModelSpec(unet=copy), device="cpu")
+    copy.with_suffix(".json").write_text("{}")
+    assert load(ModelSpec(unet=copy), device="cpu").pipeline.repeat_unet is None
+
+
 def test_precision_auto_uses_the_precision_the_model_asks_for(plain_unet_file, tmp_path):
     copy = tmp_path / "m.safetensors"
     copy.write_bytes(plain_unet_file.read_bytes())

@@ -395,6 +395,8 @@ def _broken(change: str) -> dict[str, Any]:
         model["tile"] = 32
     elif change == "unknown precision":
         model["precision"] = "fp8"
+    elif change == "repeat unet names unknown weights":
+        model["repeat_unet"] = "w2"
     return data
 
 
@@ -418,6 +420,7 @@ def _broken(change: str) -> dict[str, Any]:
         ("text in repeat list", r"'repeat_above' must be .* got \[23.4, '11'\]"),
         ("tile too small", r"'tile' must be a tile size of at least 64 pixels or null, got 32"),
         ("unknown precision", r"'precision' must be one of fp32, bf16, fp16 or null, got 'fp8'"),
+        ("repeat unet names unknown weights", r"'repeat_unet' names unknown weights 'w2'; known weights: \['w'\]"),
     ],
 )
 def test_invalid_manifests_fail_naming_the_key_and_the_valid_choices(tmp_path: Path, change: str, message: str) -> None:
@@ -448,3 +451,12 @@ def test_model_precisions_are_the_precisions_the_devices_know():
     from derain_cli.weights import MODEL_PRECISIONS
 
     assert set(MODEL_PRECISIONS) == set(PRECISIONS)
+
+
+def test_a_model_with_a_unet_for_further_passes_needs_both_weights(tmp_path: Path) -> None:
+    entries = {"first": hub_entry("good.bin", GOOD), "second": hub_entry("other.bin", OTHER)}
+    models = {"cascade": {**model_entry("first"), "repeat_unet": "second"}, "plain": model_entry("first")}
+    manifest = load_manifest(write_manifest(tmp_path, entries, models))
+    assert resolve_model(manifest, "cascade").repeat_unet == "second"
+    assert resolve_model(manifest, "plain").repeat_unet is None
+    assert weights_names(manifest, ["cascade"]) == ["first", "second"]
