@@ -1,17 +1,18 @@
-"""Second-pass training pairs for stage 5 of the `compact` recipe (see docs/MODEL_CARD.md).
+"""Second-pass training pairs for stages 5 and 7 of the `compact` recipe (see docs/MODEL_CARD.md).
 
-Usage: python3 recipes/pass1_pairs.py WEIGHTS DATA_DIR...
+Usage: python3 recipes/pass1_pairs.py WEIGHTS DATA_DIR... [--tile N] [--seed S] [--prefix P]
 
 For every pair of each DATA_DIR (LQ/ + GT/, file names in sorted order), cuts a 192x192 window
-(offsets from one numpy generator seeded 123, drawn in order across all the folders) and derains the
-LQ window once with WEIGHTS (1 step, seed 0, eight windows per call), writing the result as
-p1c_<name>/LQ/<file> and the clean window as p1c_<name>/GT/<file> in the current folder: what the
-model sees on a second pass, paired with what it should give.
+(offsets from one numpy generator seeded S, default 123, drawn in order across all the folders) and
+derains the LQ window once with WEIGHTS (1 step, seed 0, eight windows per call; in tiles of N
+pixels with the default overlap of 32 when --tile is given, else the window whole), writing the
+result as P<name>/LQ/<file> and the clean window as P<name>/GT/<file> in the current folder
+(P default `p1c_`): what the model sees on a second pass, paired with what it should give.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -25,13 +26,13 @@ SIDE = 192
 CHUNK = 8
 
 
-def main(weights: str, folders: list[str]) -> None:
+def main(weights: str, folders: list[str], tile: int | None = None, seed: int = 123, prefix: str = "p1c_") -> None:
     torch.set_num_threads(2)
     pipeline = load(ModelSpec(unet=Path(weights)), device="cpu").pipeline
-    options = SampleOptions(steps=1, tile=None, passes=1, seed=0)
-    rng = np.random.default_rng(123)
+    options = SampleOptions(steps=1, tile=tile, passes=1, seed=0)
+    rng = np.random.default_rng(seed)
     for folder in map(Path, folders):
-        out = Path(f"p1c_{folder.name}")
+        out = Path(f"{prefix}{folder.name}")
         (out / "LQ").mkdir(parents=True, exist_ok=True)
         (out / "GT").mkdir(parents=True, exist_ok=True)
         names = sorted(p.name for p in (folder / "LQ").glob("*.png"))
@@ -55,6 +56,11 @@ def main(weights: str, folders: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 3:
-        sys.exit(__doc__)
-    main(sys.argv[1], sys.argv[2:])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("weights")
+    parser.add_argument("folders", nargs="+")
+    parser.add_argument("--tile", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=123)
+    parser.add_argument("--prefix", default="p1c_")
+    args = parser.parse_args()
+    main(args.weights, args.folders, args.tile, args.seed, args.prefix)
