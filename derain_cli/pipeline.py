@@ -133,15 +133,15 @@ class DerainPipeline:
 
     def denoiser(self, x_t: Tensor, mu: Tensor, t: Tensor, **context: Tensor) -> Tensor:
         """The U-Net's output (noise, or clean image: see ``prediction``) in the pipeline's precision, as fp32."""
-        with self._autocast():
-            return self.unet(x_t, mu, t, **context).float()
+        return self._run(self.unet, x_t, mu, t, **context)
 
     def repeat_denoiser(self, x_t: Tensor, mu: Tensor, t: Tensor, **context: Tensor) -> Tensor:
         """As ``denoiser``, with the U-Net of the further passes (``unet`` when there is none)."""
-        if self.repeat_unet is None:
-            return self.denoiser(x_t, mu, t, **context)
+        return self._run(self.unet if self.repeat_unet is None else self.repeat_unet, x_t, mu, t, **context)
+
+    def _run(self, unet: ConditionalUNet, x_t: Tensor, mu: Tensor, t: Tensor, **context: Tensor) -> Tensor:
         with self._autocast():
-            return self.repeat_unet(x_t, mu, t, **context).float()
+            return unet(x_t, mu, t, **context).float()
 
     def _tile_size(self, tile: TileOption, height: int, width: int) -> int | None:
         """The tile size to use: a given size, none, or the largest that fits the free memory."""
