@@ -111,8 +111,8 @@ class DerainPipeline:
     @property
     def needs_daclip(self) -> bool:
         """Whether the U-Net takes DA-CLIP embeddings (degradation prompt or cross-attention)."""
-        cfg = self.unet.config
-        return bool(cfg.get("context_dim")) and bool(cfg.get("use_degra_context") or cfg.get("use_image_context"))
+        context_dim, degradation, image = _conditioning(self.unet.config)
+        return bool(context_dim) and (degradation or image)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         """Mixed precision for the networks when a half dtype is chosen; the SDE state stays fp32."""
