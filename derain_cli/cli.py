@@ -38,6 +38,7 @@ PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (fp16 on CU
 TileOpt = Annotated[str, typer.Option("--tile", help="Tile size in pixels, auto (the model's, else the largest that fits free memory) or 0 (no tiling).")]
 PassesOpt = Annotated[str, typer.Option("--passes", help="Runs of the model on its own output: auto (the model's; the bundled one runs again on heavy rain only) or N for every image.")]
 OverlapOpt = Annotated[int, typer.Option("--tile-overlap", min=0, help="Overlap of neighbouring tiles in pixels.")]
+EnsembleOpt = Annotated[int, typer.Option("--ensemble", help="Average each network call over 1, 2 (+ left-right mirror) or 4 (+ upside-down, both) mirror images; N times slower.")]
 MaxSigmaOpt = Annotated[Optional[float], typer.Option("--max-sigma", help="SDE noise level (0-255 scale) for a bare --unet file.")]
 ScheduleOpt = Annotated[Optional[str], typer.Option("--schedule", help="SDE schedule for a bare --unet file: cosine, linear, constant.")]
 EpsOpt = Annotated[Optional[float], typer.Option("--eps", help="SDE end-point tolerance for a bare --unet file.")]
@@ -94,9 +95,13 @@ def _load(model: str, manifest: Path | None, unet: Path | None, daclip: Path | N
 
 
 def _options(loaded, steps: int | None, sampler: str | None, seed: int, tile: str, overlap: int,
-             passes: str = "auto"):
+             passes: str = "auto", ensemble: int = 1):
     """Sampling options from the flags, falling back to the model's defaults."""
-    changes = {"seed": seed, "tile_overlap": overlap}
+    from derain_cli.ensemble import ENSEMBLE_SIZES
+
+    if ensemble not in ENSEMBLE_SIZES:
+        raise typer.BadParameter(f"--ensemble {ensemble}: expected one of {', '.join(map(str, ENSEMBLE_SIZES))}")
+    changes = {"seed": seed, "tile_overlap": overlap, "ensemble": ensemble}
     if steps:
         changes["steps"] = steps
     if sampler:
@@ -143,6 +148,7 @@ def run(
     model: ModelOpt = "auto", manifest: ManifestOpt = None, unet: UnetOpt = None, daclip: DaclipOpt = None,
     steps: StepsOpt = None, sampler: SamplerOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto", tile: TileOpt = "auto", tile_overlap: OverlapOpt = 32, passes: PassesOpt = "auto",
+    ensemble: EnsembleOpt = 1,
     max_sigma: MaxSigmaOpt = None, schedule: ScheduleOpt = None, eps: EpsOpt = None,
     offline: OfflineOpt = False, quality: QualityOpt = None, quiet: QuietOpt = False,
 ) -> None:
@@ -154,7 +160,7 @@ def run(
     if not rainy.is_file():
         raise DerainError(f"{rainy}: no such file")
     loaded = _load(model, manifest, unet, daclip, device, precision, max_sigma, schedule, eps, offline, quiet)
-    options = _options(loaded, steps, sampler, seed, tile, tile_overlap, passes)
+    options = _options(loaded, steps, sampler, seed, tile, tile_overlap, passes, ensemble)
     start = time.perf_counter()
     with _progress(quiet) as progress:
         derain_file(loaded.pipeline, rainy, output, options, quality, _step_callback(progress, options.steps))
@@ -174,6 +180,7 @@ def batch(
     model: ModelOpt = "auto", manifest: ManifestOpt = None, unet: UnetOpt = None, daclip: DaclipOpt = None,
     steps: StepsOpt = None, sampler: SamplerOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto", tile: TileOpt = "auto", tile_overlap: OverlapOpt = 32, passes: PassesOpt = "auto",
+    ensemble: EnsembleOpt = 1,
     max_sigma: MaxSigmaOpt = None, schedule: ScheduleOpt = None, eps: EpsOpt = None,
     offline: OfflineOpt = False, quality: QualityOpt = None, quiet: QuietOpt = False,
 ) -> None:
@@ -186,7 +193,7 @@ def batch(
     results = [JobResult(str(j.src), str(j.dst), "skipped") for j in skipped]
     if jobs:
         loaded = _load(model, manifest, unet, daclip, device, precision, max_sigma, schedule, eps, offline, quiet)
-        options = _options(loaded, steps, sampler, seed, tile, tile_overlap, passes)
+        options = _options(loaded, steps, sampler, seed, tile, tile_overlap, passes, ensemble)
         with _progress(quiet) as progress:
             images = progress.add_task("images", total=len(jobs)) if progress else None
 
@@ -234,6 +241,7 @@ def bench(
     model: ModelOpt = "auto", manifest: ManifestOpt = None, unet: UnetOpt = None, daclip: DaclipOpt = None,
     steps: StepsOpt = None, sampler: SamplerOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto", tile: TileOpt = "auto", tile_overlap: OverlapOpt = 32, passes: PassesOpt = "auto",
+    ensemble: EnsembleOpt = 1,
     max_sigma: MaxSigmaOpt = None, schedule: ScheduleOpt = None, eps: EpsOpt = None,
     offline: OfflineOpt = False, quiet: QuietOpt = False,
 ) -> None:
@@ -247,7 +255,7 @@ def bench(
     pipeline, options, device_name = None, SampleOptions(), "n/a (score only)"
     if not score_only:
         loaded = _load(model, manifest, unet, daclip, device, precision, max_sigma, schedule, eps, offline, quiet)
-        options = _options(loaded, steps, sampler, seed, tile, tile_overlap, passes)
+        options = _options(loaded, steps, sampler, seed, tile, tile_overlap, passes, ensemble)
         pipeline, device_name = loaded.pipeline, str(loaded.pipeline.device)
     with _progress(quiet) as progress:
         images = progress.add_task("images", total=None) if progress else None

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from derain_cli.checkpoints import load_daclip, load_unet
 from derain_cli.devices import free_memory_bytes, resolve_device, resolve_precision
+from derain_cli.ensemble import ENSEMBLE_SIZES, FlipEnsemble
 from derain_cli.errors import DerainError
 from derain_cli.sde import IRSDE, PREDICTIONS, Prediction, Sampler, StepCallback
 from derain_cli.tiling import TiledDenoiser, auto_tile_size
@@ -38,6 +39,9 @@ class SampleOptions:
     heavy rain, which one pass leaves partly in place, and not light rain, which a second pass
     would only blur. A tuple gives one threshold per further pass (the second, the third, ...);
     its last one serves any pass beyond.
+
+    ``ensemble`` > 1 averages every network call over that many mirror images of the image (2: and
+    left-right; 4: and upside-down, and both; see ``derain_cli.ensemble``), at that many times the cost.
     """
 
     steps: int | None = None
@@ -47,10 +51,13 @@ class SampleOptions:
     tile_overlap: int = 32
     passes: int = 1
     repeat_above: float | tuple[float, ...] | None = None
+    ensemble: int = 1
 
     def __post_init__(self) -> None:
         if self.passes < 1:
             raise ValueError(f"passes must be at least 1, got {self.passes}")
+        if self.ensemble not in ENSEMBLE_SIZES:
+            raise ValueError(f"ensemble must be one of {list(ENSEMBLE_SIZES)}, got {self.ensemble}")
         if isinstance(self.repeat_above, list):  # as read from JSON
             object.__setattr__(self, "repeat_above", tuple(self.repeat_above))
         if isinstance(self.repeat_above, tuple) and not self.repeat_above:
@@ -180,6 +187,8 @@ class DerainPipeline:
         if tile is not None:
             denoiser = TiledDenoiser(denoiser, tile, options.tile_overlap,
                                      shrink_on_oom=options.tile == "auto", on_shrink=self.on_tile_shrink)
+        if options.ensemble > 1:
+            denoiser = FlipEnsemble(denoiser, options.ensemble)
         generator = None
         if options.seed is not None:
             generator = torch.Generator("cpu").manual_seed(options.seed)

@@ -64,6 +64,19 @@ def test_run_passes_runs_the_model_again_on_its_output(tmp_path, plain_unet_file
     assert code == 2 and "--passes" in err and not (tmp_path / "x.png").exists()
 
 
+def test_run_ensemble_averages_over_mirror_images_and_refuses_other_sizes(tmp_path, plain_unet_file, capsys):
+    src = write_rgb(tmp_path / "rainy.png", 40, 56)
+    for name, size in (("one.png", "1"), ("two.png", "2"), ("two_again.png", "2")):
+        code, _, err = derain("run", src, "-o", tmp_path / name, "--unet", plain_unet_file, "--ensemble", size, *FAST,
+                              capsys=capsys)
+        assert code == 0, err
+    one, two, again = (np.asarray(Image.open(tmp_path / n)) for n in ("one.png", "two.png", "two_again.png"))
+    assert np.array_equal(two, again) and not np.array_equal(one, two)
+    code, _, err = derain("run", src, "-o", tmp_path / "x.png", "--unet", plain_unet_file, "--ensemble", "8", *FAST,
+                          capsys=capsys)
+    assert code == 2 and "--ensemble 8" in err and not (tmp_path / "x.png").exists()
+
+
 def test_tile_auto_uses_the_tile_size_the_model_asks_for(tmp_path, plain_unet_file, capsys):
     model = tmp_path / "m.safetensors"
     model.write_bytes(plain_unet_file.read_bytes())
