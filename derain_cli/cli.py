@@ -157,6 +157,8 @@ def run(
 
     from derain_cli.jobs import derain_file
 
+    if rainy.is_dir():
+        raise DerainError(f"{rainy}: is a folder; `derain batch` derains a folder")
     if not rainy.is_file():
         raise DerainError(f"{rainy}: no such file")
     loaded = _load(model, manifest, unet, daclip, device, precision, max_sigma, schedule, eps, offline, quiet)

@@ -104,6 +104,8 @@ def test_missing_input_is_one_line_error_with_exit_1(tmp_path, plain_unet_file, 
                           *FAST, capsys=capsys)
     assert code == 1
     assert err.strip() == f"error: {tmp_path / 'nope.png'}: no such file"
+    code, _, err = derain("run", tmp_path, "-o", tmp_path / "x.png", "--unet", plain_unet_file, *FAST, capsys=capsys)
+    assert code == 1 and err.strip() == f"error: {tmp_path}: is a folder; `derain batch` derains a folder"
 
 
 def test_corrupt_input_names_the_file_and_has_no_traceback(tmp_path, plain_unet_file, capsys):
