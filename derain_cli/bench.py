@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,11 +14,11 @@ import numpy as np
 import torch
 
 from derain_cli.errors import DerainError
-from derain_cli.imageio import read_image, to_uint8, write_image
+from derain_cli.imageio import read_image, to_uint8, write_image, write_text_atomic
 from derain_cli.jobs import scan_images
-from derain_cli.metrics import score_pair
+from derain_cli.metrics import finite_or_none, score_pair
 from derain_cli.pairing import pair_files
-from derain_cli.pipeline import DerainPipeline, SampleOptions
+from derain_cli.pipeline import Restorer, SampleOptions
 from derain_cli.sde import StepCallback
 
 METRICS = ("psnr", "ssim", "psnr_y", "ssim_y")
@@ -31,17 +34,56 @@ class BenchReport:
     crop_border: int = 0
     notes: list[str] = field(default_factory=list)
 
+    settings: dict = field(default_factory=dict)  # model, sampling, device: what the numbers depend on
+
+    @property
+    def columns(self) -> list[str]:
+        """The score columns present (metrics, then LPIPS and seconds when measured)."""
+        return [k for k in (*METRICS, "lpips", "seconds") if self.images and k in self.images[0]]
+
     @property
     def mean(self) -> dict[str, float]:
-        """Mean of each metric (and of seconds, and LPIPS when present) over the images."""
-        keys = [k for k in (*METRICS, "lpips", "seconds") if self.images and k in self.images[0]]
-        return {k: float(np.mean([img[k] for img in self.images])) for k in keys}
+        """Mean of each column over the images."""
+        return {k: float(np.mean([img[k] for img in self.images])) for k in self.columns}
+
+    def rows(self, per_image: bool = False) -> list[list[str]]:
+        """Table rows (image name, then the columns formatted): one per image if asked, then the mean."""
+        rows = [[img["name"], *(_fmt(img[k]) for k in self.columns)] for img in self.images] if per_image else []
+        if self.images:
+            rows.append(["mean", *(_fmt(self.mean[k]) for k in self.columns)])
+        return rows
 
     def as_dict(self) -> dict:
-        """The JSON report: images, mean, and the settings that give the numbers their meaning."""
-        return {"images": self.images, "mean": self.mean, "crop_border": self.crop_border,
-                "unpaired_inputs": self.unpaired_inputs, "unpaired_gts": self.unpaired_gts,
-                "notes": self.notes}
+        """The JSON report: settings, images, mean, and the files that found no partner (strict JSON)."""
+        return _json_safe({"settings": self.settings, "images": self.images, "mean": self.mean,
+                           "crop_border": self.crop_border, "unpaired_inputs": self.unpaired_inputs,
+                           "unpaired_gts": self.unpaired_gts, "notes": self.notes})
+
+    def write_json(self, path: Path) -> None:
+        """Write the JSON report atomically."""
+        write_text_atomic(path, json.dumps(self.as_dict(), indent=2) + "\n")
+
+    def write_csv(self, path: Path) -> None:
+        """Write the per-image scores as CSV, atomically."""
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=["name", "gt", *self.columns], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(self.images)
+        write_text_atomic(path, buffer.getvalue())
+
+
+def _fmt(value: float) -> str:
+    """A score for the table: 4 decimals, inf for identical images."""
+    return "inf" if value == float("inf") else f"{value:.4f}"
+
+
+def _json_safe(data):
+    """Replace infinite scores (identical images) by null, which JSON can hold."""
+    if isinstance(data, dict):
+        return {k: _json_safe(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_json_safe(v) for v in data]
+    return finite_or_none(data) if isinstance(data, float) else data
 
 
 def load_lpips() -> tuple[Callable | None, str | None]:
@@ -73,7 +115,7 @@ def _grid(strip: list[np.ndarray], path: Path) -> None:
     Image.fromarray(row).save(path)
 
 
-def run_bench(in_dir: Path, gt_dir: Path, pipeline: DerainPipeline | None, options: SampleOptions,
+def run_bench(in_dir: Path, gt_dir: Path, pipeline: Restorer | None, options: SampleOptions,
               out_dir: Path | None = None, crop_border: int = 0, grid_dir: Path | None = None,
               with_lpips: bool = True, on_image: Callable[[dict], None] | None = None,
               callback: StepCallback | None = None) -> BenchReport:
@@ -99,7 +141,9 @@ def run_bench(in_dir: Path, gt_dir: Path, pipeline: DerainPipeline | None, optio
                 write_image(out_dir / f"{src.stem}.png", restored, like=image)
         seconds = time.perf_counter() - start
         output, truth = to_uint8(restored), to_uint8(gt.rgb)
-        row = {"name": src.name, "gt": gt_path.name, **score_pair(output, truth, crop_border), "seconds": seconds}
+        row = {"name": src.name, "gt": gt_path.name, **score_pair(output, truth, crop_border)}
+        if pipeline is not None:
+            row["seconds"] = seconds
         if lpips_fn is not None:
             row["lpips"] = lpips_fn(output, truth)
         if grid_dir is not None:

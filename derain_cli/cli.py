@@ -2,59 +2,98 @@
 
 from __future__ import annotations
 
-import json
+import functools
+import inspect
 import os
 import sys
+import time
+import typing
 from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from enum import Enum
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import Annotated, Any, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from derain_cli.errors import DerainError
+from derain_cli import __version__
+from derain_cli.card import ENSEMBLE_SIZES, MIN_TILE, PRECISIONS, SAMPLERS, SCHEDULES
+from derain_cli.errors import DerainError, UsageError
+
+def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """A string Enum of ``values``, which Typer shows and checks as choices."""
+    return Enum(name, {value: value for value in values}, type=str)
+
+
+SamplerChoice, ScheduleChoice = _choices("Sampler", SAMPLERS), _choices("Schedule", SCHEDULES)
+PrecisionChoice = _choices("Precision", ("auto", *PRECISIONS))
 
 app = typer.Typer(help="Remove rain from photographs with IR-SDE diffusion and DA-CLIP.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+                  context_settings={"help_option_names": ["-h", "--help"]})
 weights_app = typer.Typer(help="List, download, verify and convert model weights.", no_args_is_help=True)
 app.add_typer(weights_app, name="weights")
 
 out = Console()
 err = Console(stderr=True, soft_wrap=True)  # messages stay one line, whatever the width
 
-# -- shared options ---------------------------------------------------------------------------
+# -- options shared by run, batch and bench: declared once, spliced into each command ---------
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model from the manifest; auto = universal if cached, else the bundled one.")]
 ManifestOpt = Annotated[Optional[Path], typer.Option("--manifest", envvar="DERAIN_MANIFEST", help="Use this weights manifest instead of the bundled one.")]
-UnetOpt = Annotated[Optional[Path], typer.Option("--unet", help="U-Net checkpoint file (.pth/.pt/.safetensors); overrides --model.")]
-DaclipOpt = Annotated[Optional[Path], typer.Option("--daclip", help="DA-CLIP checkpoint file, for a U-Net given with --unet.")]
-StepsOpt = Annotated[Optional[int], typer.Option("--steps", min=1, help="Sampler steps (default: the model's).")]
-SamplerOpt = Annotated[Optional[str], typer.Option("--sampler", help="posterior (reference default), sde or ode.")]
+OfflineOpt = Annotated[bool, typer.Option("--offline", help="Use cached weights only (also HF_HUB_OFFLINE=1).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same output.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
-PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (fp16 on CUDA, fp32 on CPU), fp32, bf16 or fp16.")]
-TileOpt = Annotated[str, typer.Option("--tile", help="Tile size in pixels, auto (the model's, else the largest that fits free memory) or 0 (no tiling).")]
-PassesOpt = Annotated[str, typer.Option("--passes", help="Runs of the model on its own output: auto (the model's; the bundled one runs again on heavy rain only) or N for every image.")]
-OverlapOpt = Annotated[int, typer.Option("--tile-overlap", min=0, help="Overlap of neighbouring tiles in pixels.")]
-EnsembleOpt = Annotated[int, typer.Option("--ensemble", help="Average each network call over 1, 2 (+ left-right mirror) or 4 (+ upside-down, both) mirror images; N times slower.")]
-MaxSigmaOpt = Annotated[Optional[float], typer.Option("--max-sigma", help="SDE noise level (0-255 scale) for a bare --unet file.")]
-ScheduleOpt = Annotated[Optional[str], typer.Option("--schedule", help="SDE schedule for a bare --unet file: cosine, linear, constant.")]
-EpsOpt = Annotated[Optional[float], typer.Option("--eps", help="SDE end-point tolerance for a bare --unet file.")]
-OfflineOpt = Annotated[bool, typer.Option("--offline", help="Use cached weights only (also HF_HUB_OFFLINE=1).")]
-QualityOpt = Annotated[Optional[int], typer.Option("--quality", min=1, max=100, help="JPEG/WebP quality.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or notes.")]
+QualityOpt = Annotated[Optional[int], typer.Option("--quality", min=1, max=100, help="JPEG/WebP quality (default 95).")]
 
 
-def _debug() -> bool:
-    """Whether tracebacks are wanted (--debug anywhere, or DERAIN_DEBUG=1)."""
-    return "--debug" in sys.argv or os.environ.get("DERAIN_DEBUG", "").lower() in ("1", "true", "yes")
+@dataclass
+class ModelArgs:
+    """Which model to run, where and how precisely."""
+
+    model: Annotated[str, typer.Option("--model", "-m", help="Model from the manifest; auto = universal if cached, else the bundled one.")] = "auto"
+    manifest: ManifestOpt = None
+    unet: Annotated[Optional[Path], typer.Option("--unet", help="U-Net checkpoint file (.pth/.pt/.safetensors); overrides --model.")] = None
+    daclip: Annotated[Optional[Path], typer.Option("--daclip", help="DA-CLIP checkpoint file, for a U-Net given with --unet.")] = None
+    device: DeviceOpt = "auto"
+    precision: Annotated[PrecisionChoice, typer.Option("--precision", help="auto: the model's, else fp16 on CUDA and fp32 elsewhere.")] = "auto"
+    passes: Annotated[str, typer.Option("--passes", help="Runs of the model on its own output: auto (the model's; the bundled one runs again on heavy rain only) or N for every image.")] = "auto"
+    max_sigma: Annotated[Optional[float], typer.Option("--max-sigma", help="SDE noise level (0-255 scale), only for a bare --unet file.")] = None
+    schedule: Annotated[Optional[ScheduleChoice], typer.Option("--schedule", help="SDE schedule, only for a bare --unet file.")] = None
+    eps: Annotated[Optional[float], typer.Option("--eps", help="SDE end-point tolerance, only for a bare --unet file.")] = None
+    offline: OfflineOpt = False
+
+    def pass_count(self) -> int | None:
+        """--passes as a number, or None for the model's own."""
+        if self.passes == "auto":
+            return None
+        if not (self.passes.isdigit() and int(self.passes) >= 1):
+            raise UsageError(f"--passes {self.passes!r}: expected auto or a number of at least 1")
+        return int(self.passes)
 
 
-@app.callback()
-def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False) -> None:
-    """derain: remove rain from photographs."""
+@dataclass
+class SamplingArgs:
+    """How to sample."""
+
+    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Sampler steps (default: the model's).")] = None
+    sampler: Annotated[Optional[SamplerChoice], typer.Option("--sampler", help="Default: the model's (posterior for the published ones).")] = None
+    seed: SeedOpt = 0
+    tile: Annotated[str, typer.Option("--tile", help="Tile size in pixels, auto (the model's, else the largest that fits free memory) or 0 (no tiling).")] = "auto"
+    tile_overlap: Annotated[int, typer.Option("--tile-overlap", min=0, help="Overlap of neighbouring tiles in pixels.")] = 32
+    ensemble: Annotated[int, typer.Option("--ensemble", help="Average each network call over 1, 2 (+ left-right mirror) or 4 (+ upside-down, both) mirror images; N times slower.")] = 1
+
+    def options(self):
+        """The library's SampleOptions (None and auto: the model's own choice)."""
+        from derain_cli.pipeline import SampleOptions
+
+        if self.ensemble not in ENSEMBLE_SIZES:
+            raise UsageError(f"--ensemble {self.ensemble}: expected one of {', '.join(map(str, ENSEMBLE_SIZES))}")
+        return SampleOptions(steps=self.steps, sampler=self.sampler, seed=self.seed, tile=_tile(self.tile),
+                             tile_overlap=self.tile_overlap, ensemble=self.ensemble)
 
 
 def _tile(value: str) -> int | str | None:
@@ -63,57 +102,57 @@ def _tile(value: str) -> int | str | None:
         return "auto"
     if value.lower() in ("0", "none", "off"):
         return None
-    try:
-        size = int(value)
-    except ValueError:
-        raise typer.BadParameter(f"{value!r} is not a tile size; use a number of pixels, auto or 0") from None
-    if size < 64:
-        raise typer.BadParameter(f"tile size {size} is too small; use at least 64 pixels")
-    return size
+    if not value.isdigit():
+        raise UsageError(f"--tile {value!r}: not a tile size; use a number of pixels, auto or 0")
+    if int(value) < MIN_TILE:
+        raise UsageError(f"--tile {value}: too small; use at least {MIN_TILE} pixels")
+    return int(value)
 
 
-def _load(model: str, manifest: Path | None, unet: Path | None, daclip: Path | None, device: str,
-          precision: str, max_sigma: float | None, schedule: str | None, eps: float | None,
-          offline: bool, quiet: bool):
-    """Build the pipeline for the shared model options and print which model is used."""
+def with_options(func: Callable) -> Callable:
+    """Add the fields of the dataclass-typed parameters (ModelArgs, SamplingArgs) as options of ``func``."""
+    signature = inspect.signature(func, eval_str=True)
+    groups = {name: p.annotation for name, p in signature.parameters.items() if p.annotation in (ModelArgs, SamplingArgs)}
+    own = [p for name, p in signature.parameters.items() if name not in groups]
+    spliced = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+                                 annotation=typing.get_type_hints(group, include_extras=True)[f.name])
+               for group in groups.values() for f in fields(group)]
+
+    @functools.wraps(func)
+    def command(**kwargs: Any) -> Any:
+        for name, group in groups.items():
+            kwargs[name] = group(**{f.name: _plain(kwargs.pop(f.name)) for f in fields(group)})
+        return func(**kwargs)
+
+    command.__signature__ = signature.replace(parameters=own + spliced)  # type: ignore[attr-defined]
+    return command
+
+
+def _plain(value: Any) -> Any:
+    """A choice's string (Typer hands choices over as Enum members)."""
+    return value.value if isinstance(value, Enum) else value
+
+
+def _load(args: ModelArgs, sampling: SamplingArgs, quiet: bool):
+    """Check the sampling options against the model's card, build the restorer, say which model runs."""
     from derain_cli.resolve import ModelSpec, load
 
-    if daclip is not None and unet is None:
-        raise typer.BadParameter("--daclip needs --unet (a model from the manifest brings its own)")
-    spec = ModelSpec(model=model, manifest=manifest, unet=unet, daclip=daclip, max_sigma=max_sigma,
-                     schedule=schedule, eps=eps, offline=offline)
-    loaded = load(spec, device=device, precision=precision)
+    if args.daclip is not None and args.unet is None:
+        raise UsageError("--daclip needs --unet (a model from the manifest brings its own)")
+    spec = ModelSpec(model=args.model, manifest=args.manifest, unet=args.unet, daclip=args.daclip,
+                     max_sigma=args.max_sigma, schedule=args.schedule, eps=args.eps, offline=args.offline)
+    options = sampling.options()
+    loaded = load(spec, device=args.device, precision=args.precision, passes=args.pass_count(),
+                  steps=options.steps, sampler=options.sampler)
     for note in loaded.notes:
-        if "falling back" in note:
-            err.print(f"[bold yellow]warning:[/] {note}")
+        if note.kind == "warning":
+            err.print(f"[bold yellow]warning:[/] {note.text}", highlight=False)
         elif not quiet:
-            err.print(f"[dim]{note}[/]")
+            err.print(f"[dim]{note.text}[/]", highlight=False)
     if not quiet:
-        p = loaded.pipeline
-        err.print(f"Using {loaded.description} on {p.device} ({str(p.dtype).removeprefix('torch.')})")
-    return loaded
-
-
-def _options(loaded, steps: int | None, sampler: str | None, seed: int, tile: str, overlap: int,
-             passes: str = "auto", ensemble: int = 1):
-    """Sampling options from the flags, falling back to the model's defaults."""
-    from derain_cli.ensemble import ENSEMBLE_SIZES
-
-    if ensemble not in ENSEMBLE_SIZES:
-        raise typer.BadParameter(f"--ensemble {ensemble}: expected one of {', '.join(map(str, ENSEMBLE_SIZES))}")
-    changes = {"seed": seed, "tile_overlap": overlap, "ensemble": ensemble}
-    if steps:
-        changes["steps"] = steps
-    if sampler:
-        changes["sampler"] = sampler
-    size = _tile(tile)
-    if size != "auto":
-        changes["tile"] = size
-    if passes != "auto":
-        if not (passes.isdigit() and int(passes) >= 1):
-            raise typer.BadParameter(f"--passes {passes!r}: expected auto or a number of at least 1")
-        changes.update(passes=int(passes), repeat_above=None)
-    return loaded.options(**changes)
+        r = loaded.restorer
+        err.print(f"Using {loaded.description} on {r.device} ({str(r.dtype).removeprefix('torch.')})", highlight=False)
+    return loaded, options
 
 
 @contextmanager
@@ -127,66 +166,70 @@ def _progress(quiet: bool) -> Iterator[Progress | None]:
         yield progress
 
 
-def _step_callback(progress: Progress | None, total_steps: int | None):
+def _step_callback(progress: Progress | None):
     """A sampler callback advancing a 'steps' bar."""
     if progress is None:
         return None
-    task = progress.add_task("steps", total=total_steps)
+    task = progress.add_task("steps", total=None)
+    return lambda i, n: progress.update(task, completed=i, total=n)
 
-    def callback(i: int, n: int) -> None:
-        progress.update(task, completed=i, total=n)
 
-    return callback
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"derain {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors (also after the command).")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+) -> None:
+    """derain: remove rain from photographs."""
 
 
 # -- run / batch ------------------------------------------------------------------------------
 
 @app.command()
+@with_options
 def run(
     rainy: Annotated[Path, typer.Argument(help="Rainy input image.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the clean image (format from the extension).")],
-    model: ModelOpt = "auto", manifest: ManifestOpt = None, unet: UnetOpt = None, daclip: DaclipOpt = None,
-    steps: StepsOpt = None, sampler: SamplerOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto", tile: TileOpt = "auto", tile_overlap: OverlapOpt = 32, passes: PassesOpt = "auto",
-    ensemble: EnsembleOpt = 1,
-    max_sigma: MaxSigmaOpt = None, schedule: ScheduleOpt = None, eps: EpsOpt = None,
-    offline: OfflineOpt = False, quality: QualityOpt = None, quiet: QuietOpt = False,
+    model: ModelArgs, sampling: SamplingArgs,
+    quality: QualityOpt = None, quiet: QuietOpt = False,
 ) -> None:
     """Derain one image."""
-    import time
-
     from derain_cli.jobs import derain_file
 
     if rainy.is_dir():
         raise DerainError(f"{rainy}: is a folder; `derain batch` derains a folder")
     if not rainy.is_file():
         raise DerainError(f"{rainy}: no such file")
-    loaded = _load(model, manifest, unet, daclip, device, precision, max_sigma, schedule, eps, offline, quiet)
-    options = _options(loaded, steps, sampler, seed, tile, tile_overlap, passes, ensemble)
+    loaded, options = _load(model, sampling, quiet)
     start = time.perf_counter()
     with _progress(quiet) as progress:
-        derain_file(loaded.pipeline, rainy, output, options, quality, _step_callback(progress, options.steps))
+        derain_file(loaded.restorer, rainy, output, options, quality, _step_callback(progress))
     if not quiet:
         err.print(f"Wrote {output} in {time.perf_counter() - start:.1f} s")
 
 
 @app.command()
+@with_options
 def batch(
     in_dir: Annotated[Path, typer.Argument(help="Folder of rainy images.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")],
+    model: ModelArgs, sampling: SamplingArgs,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Include sub-folders (mirrored in the output).")] = False,
     suffix: Annotated[str, typer.Option("--suffix", help="Appended to each output file name.")] = "",
     ext: Annotated[Optional[str], typer.Option("--ext", help="Output format extension (default: the input's).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo images whose output exists.")] = False,
     report: Annotated[Optional[Path], typer.Option("--json", help="Write a JSON report here.")] = None,
-    model: ModelOpt = "auto", manifest: ManifestOpt = None, unet: UnetOpt = None, daclip: DaclipOpt = None,
-    steps: StepsOpt = None, sampler: SamplerOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto", tile: TileOpt = "auto", tile_overlap: OverlapOpt = 32, passes: PassesOpt = "auto",
-    ensemble: EnsembleOpt = 1,
-    max_sigma: MaxSigmaOpt = None, schedule: ScheduleOpt = None, eps: EpsOpt = None,
-    offline: OfflineOpt = False, quality: QualityOpt = None, quiet: QuietOpt = False,
+    quality: QualityOpt = None, quiet: QuietOpt = False,
 ) -> None:
     """Derain every image in a folder; keeps going past bad files and resumes where it stopped."""
+    import json
+
+    from derain_cli.imageio import write_text_atomic
     from derain_cli.jobs import JobResult, plan_batch, run_batch
 
     jobs, skipped = plan_batch(in_dir, output, recursive, suffix, ext, overwrite)
@@ -194,8 +237,7 @@ def batch(
         err.print(f"{len(skipped)} image(s) already done (use --overwrite to redo them)")
     results = [JobResult(str(j.src), str(j.dst), "skipped") for j in skipped]
     if jobs:
-        loaded = _load(model, manifest, unet, daclip, device, precision, max_sigma, schedule, eps, offline, quiet)
-        options = _options(loaded, steps, sampler, seed, tile, tile_overlap, passes, ensemble)
+        loaded, options = _load(model, sampling, quiet)
         with _progress(quiet) as progress:
             images = progress.add_task("images", total=len(jobs)) if progress else None
 
@@ -203,35 +245,29 @@ def batch(
                 if progress is not None:
                     progress.advance(images)
                 if result.status == "failed" and not quiet:
-                    err.print(f"[red]failed:[/] {result.error}")
+                    err.print(f"[red]failed:[/] {result.error}", highlight=False)
 
-            results += run_batch(loaded.pipeline, jobs, options, quality, on_done=done,
-                                 callback=_step_callback(progress, options.steps))
+            results += run_batch(loaded.restorer, jobs, options, quality, on_done=done,
+                                 callback=_step_callback(progress))
     failed = [r for r in results if r.status == "failed"]
     if report is not None:
-        _write_json(report, {"images": [r.as_dict() for r in results]})
+        write_text_atomic(report, json.dumps({"images": [r.as_dict() for r in results]}, indent=2) + "\n")
     ok = sum(r.status == "ok" for r in results)
     err.print(f"{ok} restored, {len(skipped)} skipped, {len(failed)} failed")
     for result in failed:
-        err.print(f"  {result.error}")
+        err.print(f"  {result.error}", highlight=False)
     if failed:
         raise typer.Exit(1)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    """Write a JSON report atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 # -- bench / synth ----------------------------------------------------------------------------
 
 @app.command()
+@with_options
 def bench(
     in_dir: Annotated[Path, typer.Argument(help="Folder of rainy inputs (or of restored images with --score-only).")],
     gt: Annotated[Path, typer.Option("--gt", help="Folder of clean ground truths, paired by file name.")],
+    model: ModelArgs, sampling: SamplingArgs,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Save the restored images here (PNG).")] = None,
     score_only: Annotated[bool, typer.Option("--score-only", help="Score the images in IN_DIR as they are.")] = False,
     crop_border: Annotated[int, typer.Option("--crop-border", min=0, help="Pixels cropped from each border before scoring (the reference test.py uses 4).")] = 0,
@@ -240,83 +276,42 @@ def bench(
     csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Write the per-image scores as CSV.")] = None,
     grid: Annotated[Optional[Path], typer.Option("--grid", help="Write input | output | ground-truth strips here.")] = None,
     no_lpips: Annotated[bool, typer.Option("--no-lpips", help="Skip LPIPS even when it is available.")] = False,
-    model: ModelOpt = "auto", manifest: ManifestOpt = None, unet: UnetOpt = None, daclip: DaclipOpt = None,
-    steps: StepsOpt = None, sampler: SamplerOpt = None, seed: SeedOpt = 0, device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto", tile: TileOpt = "auto", tile_overlap: OverlapOpt = 32, passes: PassesOpt = "auto",
-    ensemble: EnsembleOpt = 1,
-    max_sigma: MaxSigmaOpt = None, schedule: ScheduleOpt = None, eps: EpsOpt = None,
-    offline: OfflineOpt = False, quiet: QuietOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Restore paired images and score PSNR / SSIM on RGB and on Y (BT.601), MATLAB-style."""
-    from derain_cli.bench import METRICS, run_bench
-    from derain_cli.pipeline import SampleOptions
+    from derain_cli.bench import run_bench
 
     for folder in (in_dir, gt):
         if not folder.is_dir():
             raise DerainError(f"{folder}: not a folder")
-    pipeline, options, device_name = None, SampleOptions(), "n/a (score only)"
+    restorer, options, device_name = None, None, "n/a (score only)"
     if not score_only:
-        loaded = _load(model, manifest, unet, daclip, device, precision, max_sigma, schedule, eps, offline, quiet)
-        options = _options(loaded, steps, sampler, seed, tile, tile_overlap, passes, ensemble)
-        pipeline, device_name = loaded.pipeline, str(loaded.pipeline.device)
+        loaded, options = _load(model, sampling, quiet)
+        restorer, device_name = loaded.restorer, str(loaded.restorer.device)
     with _progress(quiet) as progress:
         images = progress.add_task("images", total=None) if progress else None
-        result = run_bench(in_dir, gt, pipeline, options, output, crop_border, grid, not no_lpips,
+        result = run_bench(in_dir, gt, restorer, options, output, crop_border, grid, not no_lpips,
                            on_image=lambda row: progress.advance(images) if progress else None,
-                           callback=_step_callback(progress, options.steps))
-    columns = [k for k in (*METRICS, "lpips", "seconds") if result.images and k in result.images[0]]
+                           callback=_step_callback(progress))
+    result.settings["device"] = device_name
     table = Table(title=f"{len(result.images)} image(s), crop_border={crop_border}, device {device_name}")
-    for name in ("image", *columns):
+    for name in ("image", *result.columns):
         table.add_column(name, justify="left" if name == "image" else "right")
-    rows = result.images if per_image else []
-    for row in rows:
-        table.add_row(row["name"], *(_fmt(row[k]) for k in columns))
-    if result.images:
-        table.add_row("[bold]mean[/]", *(_fmt(result.mean[k]) for k in columns))
+    for row in result.rows(per_image):
+        table.add_row(*row)
     out.print(table)
     for note in result.notes:
-        err.print(f"note: {note}")
+        err.print(f"note: {note}", highlight=False)
     for label, names in (("inputs without ground truth", result.unpaired_inputs),
                          ("ground truths without input", result.unpaired_gts)):
         if names:
-            err.print(f"[yellow]{len(names)} {label}:[/] {', '.join(names)}")
-    data = result.as_dict()
-    data["device"] = device_name
+            err.print(f"[yellow]{len(names)} {label}:[/] {', '.join(names)}", highlight=False)
     if report is not None:
-        _write_json(report, _json_safe(data))
+        result.write_json(report)
     if csv_path is not None:
-        _write_csv(csv_path, result.images, ["name", "gt", *columns])
+        result.write_csv(csv_path)
     if not result.images:
         raise DerainError(f"no image in {in_dir} pairs with one in {gt}")
-
-
-def _fmt(value: float) -> str:
-    """A metric for the table: 4 decimals, inf for identical images."""
-    return "inf" if value == float("inf") else f"{value:.4f}"
-
-
-def _json_safe(data):
-    """Replace infinite metrics (identical images) by null, which JSON can hold."""
-    from derain_cli.metrics import finite_or_none
-
-    if isinstance(data, dict):
-        return {k: _json_safe(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_json_safe(v) for v in data]
-    return finite_or_none(data) if isinstance(data, float) else data
-
-
-def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
-    """Write per-image rows as CSV."""
-    import csv
-    import io
-
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(buffer.getvalue())
 
 
 @app.command()
@@ -332,7 +327,7 @@ def synth(
     from derain_cli.synth import PRESETS, synth_folder
 
     if preset not in PRESETS:
-        raise typer.BadParameter(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+        raise UsageError(f"--preset {preset!r}: unknown preset; choose from {sorted(PRESETS)}")
     with _progress(quiet) as progress:
         task = progress.add_task("pairs", total=None) if progress else None
         pairs = synth_folder(clean_dir, output, preset, seed, copies,
@@ -503,12 +498,39 @@ def weights_convert(
     from derain_cli.checkpoints import convert_checkpoint
 
     if dst.suffix != ".safetensors":
-        raise typer.BadParameter(f"{dst}: the output must end in .safetensors")
+        raise UsageError(f"{dst}: the output must end in .safetensors")
     kind, config_path = convert_checkpoint(src, dst, fp16=fp16)
     out.print(f"Wrote {dst} ({kind}) and {config_path}")
 
 
-# -- entry point ------------------------------------------------------------------------------
+# -- entry point: one table turns every expected error into one line and an exit code ---------
+
+def _kinds(error: BaseException) -> set[str]:
+    """Names of the classes of ``error`` (Typer's click errors are matched by name: it may vendor click)."""
+    return {kind.__name__ for kind in type(error).__mro__}
+
+
+EXIT_CODES: tuple[tuple[type[BaseException] | str, int], ...] = (
+    (UsageError, 2), ("UsageError", 2), (DerainError, 1), ("ClickException", 1), (OSError, 1),
+)
+
+
+def exit_code(error: BaseException) -> int | None:
+    """The exit code of an expected error (2: usage, 1: a failed job), None for a bug."""
+    for kind, code in EXIT_CODES:
+        if isinstance(error, kind) if isinstance(kind, type) else kind in _kinds(error):
+            return code
+    return None
+
+
+def _message(error: BaseException) -> str:
+    """The one-line message of an expected error."""
+    if "ClickException" in _kinds(error):
+        return error.format_message()  # type: ignore[attr-defined]
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{error.filename}: {error.strerror or error}"
+    return str(error)
+
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Print library warnings (e.g. unverified weights) as one line, without source locations."""
@@ -516,22 +538,29 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def main() -> None:
-    """Run the CLI; known failures become one line on stderr and exit code 1."""
+    """Run the CLI; expected failures become one line on stderr and their exit code (see EXIT_CODES)."""
     import logging
     import warnings
 
+    debug = "--debug" in sys.argv[1:] or os.environ.get("DERAIN_DEBUG", "").lower() in ("1", "true", "yes")
+    args = [a for a in sys.argv[1:] if a != "--debug"]  # --debug is welcome anywhere on the line
     from derain_cli.devices import keep_freed_memory
 
     warnings.showwarning = _show_warning
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")  # e.g. alpha dropped for JPEG
     keep_freed_memory()
     try:
-        app()
-    except DerainError as error:
-        if _debug():
-            raise
-        err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+        code = app(args=args, prog_name="derain", standalone_mode=False)
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+    except Exception as error:  # noqa: BLE001 - re-raised unless it is an expected error
+        if "Abort" in _kinds(error):  # Ctrl-C, as click reports it
+            err.print("interrupted")
+            sys.exit(130)
+        code = exit_code(error)
+        if code is None or debug:
+            raise
+        err.print(f"[bold red]error:[/] {_message(error)}", highlight=False, soft_wrap=True)
+        sys.exit(code)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
-from derain_cli.errors import DerainError
+from derain_cli.card import PRECISIONS
+from derain_cli.errors import DerainError, UsageError
 
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
-PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES: dict[str, torch.dtype] = dict(zip(PRECISIONS, (torch.float32, torch.bfloat16, torch.float16)))
 
 
 def _mps_available() -> bool:
@@ -42,16 +40,16 @@ def resolve_device(name: str = "auto") -> tuple[torch.device, str | None]:
         if not _mps_available():
             return torch.device("cpu"), "MPS is not available here: falling back to the CPU (slow)"
         return torch.device("mps"), None
-    raise DerainError(f"unknown device {name!r}; choose from auto, cpu, cuda, cuda:N, mps")
+    raise UsageError(f"unknown device {name!r}; choose from auto, cpu, cuda, cuda:N, mps")
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     """The compute dtype: ``auto`` is fp16 on CUDA (mixed precision) and fp32 elsewhere."""
     if precision == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
-    if precision not in PRECISIONS:
-        raise DerainError(f"unknown precision {precision!r}; choose from auto, {', '.join(PRECISIONS)}")
-    return PRECISIONS[precision]
+    if precision not in DTYPES:
+        raise UsageError(f"unknown precision {precision!r}; choose from auto, {', '.join(PRECISIONS)}")
+    return DTYPES[precision]
 
 
 def free_memory_bytes(device: torch.device) -> int:

@@ -430,6 +430,16 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     _fsync_directory(path.parent)
 
 
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write a text file (a report) atomically, creating its folder."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ImageError(f"cannot write {path}: {err.strerror or _one_line(err)}") from err
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
 def _fsync_directory(directory: Path) -> None:
     """Make a rename durable by syncing its directory (POSIX only)."""
     if os.name != "posix":

@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from derain_cli.card import MIN_TILE
 from derain_cli.sde import Denoiser
 
 
@@ -61,8 +62,6 @@ def _overlaps(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
         out.append((max(lead, 0), max(trail, 0)))
     return out
 
-
-MIN_TILE = 64
 
 
 class TiledDenoiser:

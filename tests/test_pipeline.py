@@ -4,8 +4,10 @@ import pytest
 import torch
 from PIL import Image
 
+from derain_cli.card import CascadeCard, ModelCard, SDESettings
+from derain_cli.cascade import Cascade
 from derain_cli.checkpoints import load_daclip, load_unet
-from derain_cli.errors import DerainError
+from derain_cli.errors import DerainError, UsageError
 from derain_cli.pipeline import DerainPipeline, SampleOptions
 from derain_cli.sde import IRSDE
 
@@ -130,15 +132,18 @@ def test_a_clean_image_predicting_unet_is_sampled_as_such(plain_unet_file):
         DerainPipeline(unet, IRSDE(**TINY_SDE), prediction="eps")
 
 
+def cascade(pipeline: DerainPipeline, passes: int, repeat_above=None, further=None) -> Cascade:
+    """``pipeline`` in a cascade of ``passes`` runs (thresholds as a card gives them: a tuple or None)."""
+    return Cascade(pipeline, CascadeCard(passes, repeat_above), further)
+
+
 def test_a_second_pass_runs_the_model_on_its_own_output_rounded_to_8_bits(plain):
     lq = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     once = plain.restore(lq, FEW)
     saved = torch.round(once * 255) / 255
-    twice = plain.restore(lq, SampleOptions(steps=4, tile=None, passes=2))
+    twice = cascade(plain, 2).restore(lq, FEW)
     assert torch.equal(twice, plain.restore(saved, FEW))
     assert not torch.equal(twice, once)
-    with pytest.raises(ValueError, match="passes must be at least 1"):
-        SampleOptions(passes=0)
 
 
 def test_repeat_above_gives_a_second_pass_only_to_images_the_first_changed_enough(plain):
@@ -149,10 +154,10 @@ def test_repeat_above_gives_a_second_pass_only_to_images_the_first_changed_enoug
     change = (saved - lq).abs().flatten(1).mean(1) * 255
     threshold = float(change.mean())
     assert change[0] > threshold > change[1]
-    out = plain.restore(lq, SampleOptions(steps=4, tile=None, passes=2, repeat_above=threshold))
+    out = cascade(plain, 2, (threshold,)).restore(lq, FEW)
     assert torch.equal(out[0], plain.restore(saved[:1], FEW)[0])  # a second pass for the first image alone
     assert torch.equal(out[1], once[1])
-    never = plain.restore(lq, SampleOptions(steps=4, tile=None, passes=3, repeat_above=255.0))
+    never = cascade(plain, 3, (255.0,)).restore(lq, FEW)
     assert torch.equal(never, once)
 
 
@@ -170,22 +175,13 @@ def test_repeat_above_can_give_each_further_pass_its_own_threshold(plain):
     first, second = _change(chain[0], lq), _change(chain[1], torch.round(chain[0] * 255) / 255)
 
     def run(thresholds: tuple[float, ...], passes: int = 3) -> torch.Tensor:
-        return plain.restore(lq, SampleOptions(steps=4, tile=None, passes=passes, repeat_above=thresholds))
+        return cascade(plain, passes, thresholds).restore(lq, FEW)
 
     assert torch.equal(run((first - 0.01, second + 0.01)), chain[1])  # a second pass, not a third
     assert torch.equal(run((first - 0.01, second - 0.01)), chain[2])  # a third pass too
     assert torch.equal(run((first + 0.01, 0.0)), chain[0])  # no second pass, so no third
-    # The last threshold serves every further pass: a one-element tuple acts as the number.
+    # The last threshold serves every further pass.
     assert torch.equal(run((min(first, second) - 0.01,)), chain[2])
-    assert torch.equal(run((min(first, second) - 0.01,)),
-                       plain.restore(lq, SampleOptions(steps=4, tile=None, passes=3, repeat_above=min(first, second) - 0.01)))
-
-
-def test_an_empty_tuple_of_thresholds_is_refused_and_a_list_is_kept_as_a_tuple():
-    with pytest.raises(ValueError, match="at least one threshold"):
-        SampleOptions(passes=3, repeat_above=())
-    options = SampleOptions(passes=3, repeat_above=[23.4, 11.0])
-    assert options.repeat_above == (23.4, 11.0) and options.repeat_threshold(2) == 11.0
 
 
 def test_a_repeat_unet_runs_the_further_passes_and_only_those(plain_unet_file):
@@ -197,19 +193,36 @@ def test_a_repeat_unet_runs_the_further_passes_and_only_those(plain_unet_file):
     first, other = load_unet(plain_unet_file), ConditionalUNet(**TINY_PLAIN_UNET)
     alone = DerainPipeline(first, IRSDE(**TINY_SDE))
     second = DerainPipeline(other, IRSDE(**TINY_SDE))
-    cascade = DerainPipeline(first, IRSDE(**TINY_SDE), repeat_unet=other)
     lq = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(3))
     once = alone.restore(lq, FEW)
-    assert torch.equal(cascade.restore(lq, FEW), once)  # one pass: the first U-Net alone
     saved = torch.round(once * 255) / 255
     twice = second.restore(saved, FEW)
-    assert torch.equal(cascade.restore(lq, SampleOptions(steps=4, tile=None, passes=2)), twice)
+    assert torch.equal(cascade(alone, 2, further=second).restore(lq, FEW), twice)
     assert not torch.equal(twice, alone.restore(saved, FEW))  # the second U-Net made a difference
     thrice = second.restore(torch.round(twice * 255) / 255, FEW)
-    assert torch.equal(cascade.restore(lq, SampleOptions(steps=4, tile=None, passes=3)), thrice)
+    assert torch.equal(cascade(alone, 3, further=second).restore(lq, FEW), thrice)
 
 
 def test_a_repeat_unet_must_take_the_same_conditioning(plain_unet_file, daclip_model_files):
     unet_path, daclip_path = daclip_model_files
     with pytest.raises(DerainError, match="same conditioning"):
-        DerainPipeline(load_unet(unet_path), IRSDE(), load_daclip(daclip_path), repeat_unet=load_unet(plain_unet_file))
+        cascade(DerainPipeline(load_unet(unet_path), IRSDE(), load_daclip(daclip_path)), 2,
+                further=DerainPipeline(load_unet(plain_unet_file), IRSDE()))
+    with pytest.raises(DerainError, match="same SDE and prediction"):
+        cascade(DerainPipeline(load_unet(plain_unet_file), IRSDE()), 2,
+                further=DerainPipeline(load_unet(plain_unet_file), IRSDE(max_sigma=10)))
+
+
+def test_the_pipeline_samples_with_its_cards_defaults_and_refuses_what_the_card_does_not_support(plain_unet_file):
+    card = ModelCard(sde=SDESettings(**TINY_SDE), sampler="ode", steps=3, samplers=("ode", "sde"), steps_range=(2, 5))
+    pipeline = DerainPipeline(load_unet(plain_unet_file), card=card)
+    lq = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    default = pipeline.restore(lq, SampleOptions(tile=None))
+    assert torch.equal(default, pipeline.restore(lq, SampleOptions(steps=3, sampler="ode", tile=None)))
+    assert pipeline.options() == SampleOptions(steps=3, sampler="ode")
+    for bad, message in (({"steps": 6}, "--steps 6: this model supports 2..5 steps"),
+                         ({"sampler": "posterior"}, "--sampler posterior: this model supports ode, sde")):
+        with pytest.raises(UsageError, match=message):
+            pipeline.restore(lq, SampleOptions(tile=None, **bad))
+    with pytest.raises(ValueError, match="either a card or sde"):
+        DerainPipeline(load_unet(plain_unet_file), IRSDE(), card=card)

@@ -337,8 +337,8 @@ def test_bundled_manifest_pins_the_published_universal_weights(monkeypatch: pyte
     manifest = load_manifest()
     assert manifest.path == weights.BUNDLED_MANIFEST
     universal = resolve_model(manifest, "universal")
-    assert (universal.unet, universal.daclip, universal.sampler) == ("universal-ir", "daclip_ViT-B-32", "posterior")
-    sde = universal.sde
+    assert (universal.unet, universal.daclip, universal.card.sampler) == ("universal-ir", "daclip_ViT-B-32", "posterior")
+    sde = universal.card.sde
     assert (sde.max_sigma, sde.T, sde.schedule, sde.eps) == (50, 100, "cosine", 0.005)
     unet = get_weights(manifest, "universal-ir")
     assert unet.sha256 == "87575b2559ca122d27b56fe7f24fe63d8099795cdd5b16af2bab41ecc2bb02a8"
@@ -444,13 +444,6 @@ def test_unreadable_manifests_fail_with_the_position_or_path(tmp_path: Path) -> 
         load_manifest(path)
     with pytest.raises(WeightsError, match="manifest not found"):
         load_manifest(tmp_path / "nope.json")
-
-
-def test_model_precisions_are_the_precisions_the_devices_know():
-    from derain_cli.devices import PRECISIONS
-    from derain_cli.weights import MODEL_PRECISIONS
-
-    assert set(MODEL_PRECISIONS) == set(PRECISIONS)
 
 
 def test_a_model_with_a_unet_for_further_passes_needs_both_weights(tmp_path: Path) -> None:
