@@ -18,7 +18,7 @@ from typing import Any, Mapping
 from derain_cli.errors import CardError, UsageError
 
 SCHEDULES = ("cosine", "linear", "constant")
-SAMPLERS = ("posterior", "sde", "ode")
+SAMPLERS = ("posterior", "sde", "ode", "mr")  # "mr": MaRS (derain_cli.mars)
 PREDICTIONS = ("noise", "x0")  # what the U-Net outputs: the noise of x_t (the reference) or the clean image
 PRECISIONS = ("fp32", "bf16", "fp16")
 ENSEMBLE_SIZES = (1, 2, 4)  # flip self-ensemble members (see derain_cli.ensemble)
