@@ -339,7 +339,7 @@ def synth(
 
 @app.command()
 def train(
-    out_dir: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints, log.csv, loss.png.")],
+    out_dir: Annotated[Path, typer.Option("--output", "-o", "--out", help="Run folder: checkpoints, log.csv, loss.png (--out: old name).")],
     data: Annotated[Optional[list[Path]], typer.Option("--data", help="Folder with LQ/ and GT/ (repeatable).")] = None,
     lq: Annotated[Optional[list[Path]], typer.Option("--lq", help="Folder of degraded images (repeatable, with --gt).")] = None,
     gt: Annotated[Optional[list[Path]], typer.Option("--gt", help="Folder of clean images matching --lq.")] = None,
@@ -352,7 +352,7 @@ def train(
     nf: Annotated[int, typer.Option("--nf", min=4, help="Base channel count of a new U-Net.")] = 64,
     ch_mult: Annotated[str, typer.Option("--ch-mult", help="Channel multipliers of a new U-Net, e.g. 1,2,4,8.")] = "1,2,4,8",
     max_sigma: Annotated[float, typer.Option("--max-sigma", help="SDE stationary noise (0-255 scale).")] = 50.0,
-    T: Annotated[int, typer.Option("--T", min=1, help="SDE steps.")] = 100,
+    sde_steps: Annotated[int, typer.Option("--sde-steps", "--T", min=1, help="SDE time steps T (--T: old name).")] = 100,
     schedule: Annotated[str, typer.Option("--schedule", help="cosine, linear or constant.")] = "cosine",
     eps: Annotated[float, typer.Option("--eps", help="SDE end-point tolerance.")] = 0.005,
     prediction: Annotated[str, typer.Option("--prediction", help="What the U-Net learns to output: noise (the reference's objective) or x0 (the clean image, L1; trains much faster).")] = "noise",
@@ -368,16 +368,21 @@ def train(
     ckpt_every: Annotated[int, typer.Option("--ckpt-every", min=1, help="Checkpoint every N steps.")] = 1000,
     keep: Annotated[int, typer.Option("--keep", min=0, help="Step-numbered checkpoints kept, the newest (last/ and best/ are always kept).")] = 3,
     val_every: Annotated[int, typer.Option("--val-every", min=1, help="Validate every N steps.")] = 1000,
-    val_steps: Annotated[Optional[int], typer.Option("--val-steps", min=1, help="Sampler steps for validation.")] = None,
+    val_steps: Annotated[int, typer.Option("--val-steps", min=1, help="Sampler steps for validation, kept in unet.json as the weights' default (10 is cheap; a noise model scores higher with --sde-steps, an x0 model may use 1).")] = 10,
+    val_sampler: Annotated[str, typer.Option("--val-sampler", help="Sampler for validation (posterior, sde or ode), kept in unet.json as the weights' default.")] = "posterior",
     val_crop: Annotated[Optional[int], typer.Option("--val-crop", min=16, help="Score centre crops of this size.")] = None,
     val_limit: Annotated[Optional[int], typer.Option("--val-limit", min=1, help="Score only the first N pairs.")] = None,
     workers: Annotated[int, typer.Option("--workers", min=0, help="Data loader processes.")] = 2,
     seed: SeedOpt = 0, device: DeviceOpt = "auto", manifest: ManifestOpt = None, offline: OfflineOpt = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out bit-for-bit.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output bit-for-bit (same settings).")] = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Train or fine-tune the IR-SDE U-Net on paired images (the reference's maximum-likelihood loss, or x0)."""
-    from derain_cli.train import TrainConfig, train as run_training
+    """Train or fine-tune the IR-SDE U-Net on paired images (the reference's maximum-likelihood loss, or x0).
+
+    SIGINT (Ctrl-C) or SIGTERM stops after the current step or sampler step of validation, saves
+    last/ and exits 130 (143 for SIGTERM); --resume continues.
+    """
+    from derain_cli.train import TrainConfig, TrainingStopped, train as run_training
 
     if daclip and no_daclip:
         raise typer.BadParameter("--daclip and --no-daclip exclude each other")
@@ -392,9 +397,9 @@ def train(
         out=out_dir, data=list(data or []), pairs=list(zip(lq or [], gt or [])), synth=list(synth or []),
         synth_presets=presets, val=val, nf=nf, ch_mult=mults,
         from_weights=_weights_file(from_, manifest, offline), daclip=_weights_file(daclip, manifest, offline),
-        max_sigma=max_sigma, T=T, schedule=schedule, eps=eps, prediction=prediction, t_min=t_min, steps=steps, stop_after=stop_after,
+        max_sigma=max_sigma, T=sde_steps, schedule=schedule, eps=eps, prediction=prediction, t_min=t_min, steps=steps, stop_after=stop_after,
         batch_size=batch_size, patch_size=patch_size, lr=lr, warmup_steps=warmup, grad_clip=grad_clip or None, ema_decay=ema_decay,
-        ckpt_every=ckpt_every, keep_checkpoints=keep, val_every=val_every, val_steps=val_steps, val_crop=val_crop, val_limit=val_limit,
+        ckpt_every=ckpt_every, keep_checkpoints=keep, val_every=val_every, val_steps=val_steps, val_sampler=val_sampler, val_crop=val_crop, val_limit=val_limit,
         seed=seed, device=device, num_workers=workers, resume=resume,
     )
     with _progress(quiet) as progress:
@@ -408,7 +413,12 @@ def train(
                 text += f" best PSNR_Y {info.best_psnr_y:.2f}"
             progress.update(task, completed=info.step, description=text)
 
-        result = run_training(config, progress=show, notify=None if quiet else err.print)
+        try:
+            result = run_training(config, progress=show, notify=None if quiet else err.print)
+        except TrainingStopped as stopped:
+            err.print(f"stopped at step {stopped.step} (saved in {stopped.folder}); --resume continues",
+                      highlight=False)
+            raise typer.Exit(stopped.exit_code) from None
     err.print(f"Weights: {result}")
 
 

@@ -25,11 +25,10 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from derain_cli.errors import DerainError
-from derain_cli.imageio import read_rgb8
+from derain_cli.imageio import list_images, read_rgb8
 from derain_cli.pairing import pair_files
 from derain_cli.synth import PRESETS, RainConfig, render_rain
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 LQ_NAMES = ("LQ", "lq", "input", "rain")
 GT_NAMES = ("GT", "gt", "target", "norain")
 
@@ -52,13 +51,6 @@ def torch_generator(seed: int, k: int, stream: int) -> torch.Generator:
     """A CPU torch generator that depends only on (seed, sample number k, stream)."""
     state = np.random.SeedSequence([seed, k, stream]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-
-
-def list_images(folder: Path) -> list[Path]:
-    """Image files directly inside ``folder``, sorted by name."""
-    if not folder.is_dir():
-        raise DerainError(f"{folder}: no such folder")
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 class PairedFolder:

@@ -75,6 +75,15 @@ def is_image_file(path: str | os.PathLike[str]) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
+def list_images(folder: str | os.PathLike[str], recursive: bool = False) -> list[Path]:
+    """The image files (by `IMAGE_EXTENSIONS`) in ``folder``, or its whole tree if ``recursive``, sorted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ImageError(f"{folder}: not a folder")
+    found = folder.glob("**/*") if recursive else folder.iterdir()
+    return sorted(path for path in found if is_image_file(path) and path.is_file())
+
+
 # ----------------------------------------------------------------------------------------- reading
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from derain_cli.errors import DerainError
-from derain_cli.imageio import is_image_file, read_image, write_image
+from derain_cli.imageio import list_images, read_image, write_image
 from derain_cli.pipeline import DerainPipeline, SampleOptions
 from derain_cli.sde import StepCallback
 
@@ -57,16 +57,8 @@ def output_path(src: Path, in_dir: Path, out_dir: Path, suffix: str = "", ext: s
 
 
 def scan_images(in_dir: Path, recursive: bool = False, exclude: Path | None = None) -> list[Path]:
-    """Image files (by extension) in ``in_dir``, sorted; other files are ignored."""
-    pattern = "**/*" if recursive else "*"
-    found = []
-    for path in in_dir.glob(pattern):
-        if not path.is_file() or not is_image_file(path):
-            continue
-        if exclude is not None and exclude in path.parents:
-            continue
-        found.append(path)
-    return sorted(found)
+    """Image files (by extension) in ``in_dir``, sorted, leaving out those under ``exclude``."""
+    return [path for path in list_images(in_dir, recursive) if exclude is None or exclude not in path.parents]
 
 
 def plan_batch(in_dir: Path, out_dir: Path, recursive: bool = False, suffix: str = "",

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -30,11 +30,10 @@ import numpy as np
 from PIL import Image
 
 from .errors import DerainError, ImageError
-from .imageio import atomic_write, read_rgb8
+from .imageio import IMAGE_EXTENSIONS, atomic_write, list_images, read_rgb8
 
 Range = tuple[float, float]
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _SUPERSAMPLE = 3  # sub-pixel samples per axis when drawing kernels (anti-aliasing)
 
 
@@ -304,14 +303,14 @@ def _output_names(files: Sequence[Path], copies: int) -> list[tuple[Path, int, s
 
 
 def synth_folder(clean_dir: str | Path, out_dir: str | Path, preset: str | RainConfig = "heavy",
-                 seed: int = 0, copies: int = 1, exts: Iterable[str] = IMAGE_EXTS,
+                 seed: int = 0, copies: int = 1,
                  on_pair: Callable[[Path, Path], None] | None = None) -> list[tuple[Path, Path]]:
     """Render rain on every image of clean_dir into out_dir/LQ (+ clean copy in GT); return the pairs."""
     config = preset if isinstance(preset, RainConfig) else _preset(preset)
     if copies < 1:
         raise ValueError(f"copies must be at least 1, got {copies}")
     out_dir = Path(out_dir)
-    files = _list_images(Path(clean_dir), exts)
+    files = _list_images(Path(clean_dir))
     (out_dir / "LQ").mkdir(parents=True, exist_ok=True)
     (out_dir / "GT").mkdir(parents=True, exist_ok=True)
     written = []
@@ -327,14 +326,11 @@ def synth_folder(clean_dir: str | Path, out_dir: str | Path, preset: str | RainC
     return written
 
 
-def _list_images(folder: Path, exts: Iterable[str]) -> list[Path]:
-    """Return the files of folder whose extension is in exts, sorted; raise ImageError if none."""
-    suffixes = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in exts}
-    if not folder.is_dir():
-        raise ImageError(f"not a folder: {folder}")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+def _list_images(folder: Path) -> list[Path]:
+    """The image files of folder, sorted; raise ImageError if there are none."""
+    files = list_images(folder)
     if not files:
-        raise ImageError(f"no images ({', '.join(sorted(suffixes))}) in {folder}")
+        raise ImageError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {folder}")
     return files
 
 

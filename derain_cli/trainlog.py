@@ -9,6 +9,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+LOG_COLUMNS = ("step", "loss", "lr", "it/s", "val_psnr_y")
+
 
 def read_log(path: Path) -> list[dict[str, float | None]]:
     """The rows of log.csv as numbers (empty cells as None); [] when there is no log."""
@@ -16,6 +18,17 @@ def read_log(path: Path) -> list[dict[str, float | None]]:
         return []
     with path.open(newline="") as file:
         return [{k: float(v) if v else None for k, v in row.items()} for row in csv.DictReader(file)]
+
+
+def append_row(path: Path, step: int, loss: float, lr: float, rate: float, val_psnr_y: float | None) -> None:
+    """Append one row to log.csv, writing the header (LOG_COLUMNS) first when the file is new."""
+    new = not path.exists()
+    with path.open("a", newline="") as file:
+        writer = csv.writer(file)
+        if new:
+            writer.writerow(LOG_COLUMNS)
+        writer.writerow([step, f"{loss:.6g}", f"{lr:.6g}", f"{rate:.4g}",
+                         "" if val_psnr_y is None else f"{val_psnr_y:.4f}"])
 
 
 def trim_log(path: Path, step: int) -> None:
