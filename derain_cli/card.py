@@ -23,13 +23,14 @@ PREDICTIONS = ("noise", "x0")  # what the U-Net outputs: the noise of x_t (the r
 PRECISIONS = ("fp32", "bf16", "fp16")
 ENSEMBLE_SIZES = (1, 2, 4)  # flip self-ensemble members (see derain_cli.ensemble)
 MIN_TILE = 64  # smallest tile, in pixels, that tiling uses or a card may ask for
+FAST_CALLS = 20  # network calls of the fast path (`--fast`): MaRS keeps 100-step quality at 10-20 calls
 
 # The universal model's SDE (the reference's test options), also used for a bare checkpoint file.
 DEFAULT_SDE = {"max_sigma": 50.0, "T": 100, "schedule": "cosine", "eps": 0.005}
 
 _SDE_KEYS = frozenset(DEFAULT_SDE)
-CARD_KEYS = frozenset({"sde", "prediction", "sampler", "steps", "samplers", "steps_range", "tile", "precision",
-                       "passes", "repeat_above", "repeat_unet", "description"})
+CARD_KEYS = frozenset({"sde", "prediction", "sampler", "steps", "samplers", "steps_range", "fast", "tile",
+                       "precision", "passes", "repeat_above", "repeat_unet", "description"})
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class ModelCard:
     steps: int | None = None  # default sampler steps; None: T
     samplers: tuple[str, ...] = SAMPLERS  # the samplers the model supports
     steps_range: tuple[int, int] | None = None  # the step counts it supports; None: 1..T
+    fast: tuple[str, int] | None = None  # (sampler, steps) of `--fast`; None: MaRS at FAST_CALLS, or the default
     tile: int | None = None  # the tile `--tile auto` uses; None: the largest that fits the free memory
     precision: str | None = None  # what `--precision auto` uses; None: fp16 autocast on CUDA, fp32 elsewhere
     cascade: CascadeCard | None = None
@@ -82,6 +84,20 @@ class ModelCard:
     def step_limits(self) -> tuple[int, int]:
         """The smallest and largest supported step counts."""
         return self.steps_range or (1, self.sde.T)
+
+    @property
+    def fast_sampling(self) -> tuple[str, int]:
+        """The sampler and steps of the fast path: the card's, else MaRS at FAST_CALLS calls if supported,
+        else the default sampling when it takes no more calls than that."""
+        if self.fast is not None:
+            return self.fast
+        low, high = self.step_limits
+        if "mr" in self.samplers and low <= min(FAST_CALLS, high):
+            return "mr", max(low, min(FAST_CALLS, high))
+        steps = self.steps or self.sde.T
+        if steps > FAST_CALLS:
+            raise UsageError(f"--fast: this model has no fast path (its samplers: {', '.join(self.samplers)})")
+        return self.sampler, steps
 
     def check_sampling(self, sampler: str | None, steps: int | None) -> None:
         """Raise UsageError unless the model supports ``sampler`` at ``steps`` (None: its defaults)."""
@@ -110,6 +126,10 @@ def parse_card(raw: Any, where: str, ignore: frozenset[str] = frozenset()) -> Mo
                                         and steps_range[1] <= sde.T):
         raise CardError(f"{where}: 'steps_range' must be [lowest, highest] step counts within 1..T ({sde.T}) "
                         f"or null, got {steps_range!r}")
+    fast = raw.get("fast")
+    if fast is not None and not (isinstance(fast, dict) and set(fast) == {"sampler", "steps"}
+                                 and fast["sampler"] in samplers and _is_count(fast["steps"])):
+        raise CardError(f"{where}: 'fast' must be {{\"sampler\": one of {samplers}, \"steps\": N}} or null, got {fast!r}")
     tile = raw.get("tile")
     if tile is not None and not (_is_count(tile) and tile >= MIN_TILE):
         raise CardError(f"{where}: 'tile' must be a tile size of at least {MIN_TILE} pixels or null, got {tile!r}")
@@ -120,11 +140,14 @@ def parse_card(raw: Any, where: str, ignore: frozenset[str] = frozenset()) -> Mo
     if not isinstance(description, str):
         raise CardError(f"{where}: 'description' must be text, got {description!r}")
     card = ModelCard(sde=sde, prediction=prediction, sampler=sampler, steps=steps, samplers=tuple(samplers),
-                     steps_range=tuple(steps_range) if steps_range else None, tile=tile, precision=precision,
+                     steps_range=tuple(steps_range) if steps_range else None,
+                     fast=(fast["sampler"], fast["steps"]) if fast else None, tile=tile, precision=precision,
                      cascade=_parse_cascade(raw, where), description=description)
-    if sampler not in card.samplers or (steps is not None and not card.step_limits[0] <= steps <= card.step_limits[1]):
-        raise CardError(f"{where}: the default sampler {sampler!r} at {steps or sde.T} steps is outside what the "
-                        f"card supports ({list(card.samplers)}, steps {card.step_limits[0]}..{card.step_limits[1]})")
+    low, high = card.step_limits
+    for name, (chosen, count) in (("default", (sampler, steps or sde.T)), *((("fast", card.fast),) if fast else ())):
+        if chosen not in card.samplers or not low <= count <= high:
+            raise CardError(f"{where}: the {name} sampler {chosen!r} at {count} steps is outside what the card "
+                            f"supports ({list(card.samplers)}, steps {low}..{high})")
     return card
 
 

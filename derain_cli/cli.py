@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from derain_cli import __version__
-from derain_cli.card import ENSEMBLE_SIZES, MIN_TILE, PRECISIONS, SAMPLERS, SCHEDULES
+from derain_cli.card import ENSEMBLE_SIZES, FAST_CALLS, MIN_TILE, PRECISIONS, SAMPLERS, SCHEDULES
 from derain_cli.errors import DerainError, UsageError
 
 def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
@@ -85,6 +85,8 @@ class SamplingArgs:
     tile: Annotated[str, typer.Option("--tile", help="Tile size in pixels, auto (the model's, else the largest that fits free memory) or 0 (no tiling).")] = "auto"
     tile_overlap: Annotated[int, typer.Option("--tile-overlap", min=0, help="Overlap of neighbouring tiles in pixels.")] = 32
     ensemble: Annotated[int, typer.Option("--ensemble", help="Average each network call over 1, 2 (+ left-right mirror) or 4 (+ upside-down, both) mirror images; N times slower.")] = 1
+    fast: Annotated[bool, typer.Option("--fast", help=f"The model's fast path: MaRS at {FAST_CALLS} network calls for the published models (their default is 100 posterior steps).")] = False
+    mr: Annotated[Optional[list[str]], typer.Option("--mr", help="A MaRS setting KEY=VALUE (repeatable), for --sampler mr or --fast: solver=ode|sde, parameterization=data|noise, order=1|2, lambda_min=-5, time_schedule=linspace|linear-lambda, thresholding=true, denoise_last=true.")] = None
 
     def options(self):
         """The library's SampleOptions (None and auto: the model's own choice)."""
@@ -92,8 +94,41 @@ class SamplingArgs:
 
         if self.ensemble not in ENSEMBLE_SIZES:
             raise UsageError(f"--ensemble {self.ensemble}: expected one of {', '.join(map(str, ENSEMBLE_SIZES))}")
+        if self.fast and (self.steps is not None or self.sampler is not None):
+            raise UsageError("--fast chooses the sampler and steps: give --fast or --steps/--sampler, not both")
+        if self.mr and not (self.fast or self.sampler == "mr"):
+            raise UsageError("--mr settings need --sampler mr or --fast")
         return SampleOptions(steps=self.steps, sampler=self.sampler, seed=self.seed, tile=_tile(self.tile),
-                             tile_overlap=self.tile_overlap, ensemble=self.ensemble)
+                             tile_overlap=self.tile_overlap, ensemble=self.ensemble, fast=self.fast,
+                             mr=_mars_options(self.mr) if self.mr else None)
+
+
+def _mars_options(settings: list[str]):
+    """Parse --mr KEY=VALUE settings into MarsOptions, checking keys and values."""
+    from dataclasses import fields as dataclass_fields
+
+    from derain_cli.mars import MarsOptions
+
+    kinds = {f.name: f.type for f in dataclass_fields(MarsOptions)}
+    values: dict[str, Any] = {}
+    for setting in settings:
+        key, sep, text = setting.partition("=")
+        if not sep or key not in kinds:
+            raise UsageError(f"--mr {setting!r}: expected KEY=VALUE with KEY one of {', '.join(kinds)}")
+        kind = kinds[key] if isinstance(kinds[key], str) else kinds[key].__name__
+        try:
+            if kind == "bool":
+                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(f"expected true or false, got {text!r}")
+                values[key] = text.lower() in ("true", "1", "yes")
+            else:
+                values[key] = int(text) if kind == "int" else float(text) if kind == "float" else text
+        except ValueError as error:
+            raise UsageError(f"--mr {setting}: {error}") from None
+    try:
+        return MarsOptions(**values)
+    except ValueError as error:
+        raise UsageError(f"--mr: {error}") from None
 
 
 def _tile(value: str) -> int | str | None:
@@ -143,7 +178,7 @@ def _load(args: ModelArgs, sampling: SamplingArgs, quiet: bool):
                      max_sigma=args.max_sigma, schedule=args.schedule, eps=args.eps, offline=args.offline)
     options = sampling.options()
     loaded = load(spec, device=args.device, precision=args.precision, passes=args.pass_count(),
-                  steps=options.steps, sampler=options.sampler)
+                  steps=options.steps, sampler=options.sampler, fast=options.fast)
     for note in loaded.notes:
         if note.kind == "warning":
             err.print(f"[bold yellow]warning:[/] {note.text}", highlight=False)

@@ -20,6 +20,7 @@ from derain_cli.card import ENSEMBLE_SIZES, PREDICTIONS, SAMPLERS, ModelCard, SD
 from derain_cli.devices import free_memory_bytes
 from derain_cli.ensemble import FlipEnsemble
 from derain_cli.errors import DerainError
+from derain_cli.mars import MarsOptions
 from derain_cli.sde import IRSDE, Sampler, StepCallback
 from derain_cli.tiling import TiledDenoiser, auto_tile_size
 from derain_cli.unet import ConditionalUNet
@@ -41,6 +42,9 @@ class SampleOptions:
     ``"auto"`` is the card's tile size, else the largest tile that fits the free memory (halved on a
     CUDA out-of-memory error); a number of pixels; or None for the whole image. ``ensemble`` > 1
     averages every network call over that many mirror images (see ``derain_cli.ensemble``).
+    ``mr``: settings of the MaRS sampler (``sampler="mr"``; None: the official defaults). ``fast``:
+    the model's fast path instead of ``steps`` and ``sampler`` (MaRS at 20 calls for the published
+    models; see ``ModelCard.fast_sampling``).
     """
 
     steps: int | None = None
@@ -49,8 +53,12 @@ class SampleOptions:
     tile: TileOption = "auto"
     tile_overlap: int = 32
     ensemble: int = 1
+    mr: MarsOptions | None = None
+    fast: bool = False
 
     def __post_init__(self) -> None:
+        if self.fast and (self.steps is not None or self.sampler is not None):
+            raise ValueError("fast chooses the sampler and steps itself: give fast or steps/sampler, not both")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"steps must be at least 1, got {self.steps}")
         if self.sampler is not None and self.sampler not in SAMPLERS:
@@ -157,7 +165,11 @@ class DerainPipeline:
         if lq.dim() != 4 or lq.shape[1] != 3:
             raise ValueError(f"expected a [B, 3, H, W] tensor, got shape {tuple(lq.shape)}")
         options = options or SampleOptions()
-        self.card.check_sampling(options.sampler, options.steps)
+        sampler, steps = self.card.fast_sampling if options.fast else (options.sampler, options.steps)
+        self.card.check_sampling(sampler, steps)
+        sampler = sampler or self.card.sampler
+        if options.mr is not None and sampler != "mr":
+            raise ValueError(f"MaRS settings apply to the sampler 'mr', not {sampler!r}")
         lq = lq.to(self.device, torch.float32)
         context = self.conditioning(lq)
         tile = self._tile_size(options.tile, *lq.shape[-2:])
@@ -169,9 +181,9 @@ class DerainPipeline:
         generator = None
         if options.seed is not None:
             generator = torch.Generator("cpu").manual_seed(options.seed)
-        out = self.sde.sample(denoiser, lq, steps=options.steps or self.card.steps,
-                              sampler=options.sampler or self.card.sampler, generator=generator,
-                              callback=callback, prediction=self.prediction, **context)
+        out = self.sde.sample(denoiser, lq, steps=steps or self.card.steps, sampler=sampler,
+                              generator=generator, callback=callback, prediction=self.prediction,
+                              mr_options=options.mr if sampler == "mr" else None, **context)
         return out.clamp(0, 1)
 
     def __call__(self, image: Image.Image | Tensor, options: SampleOptions | None = None,

@@ -77,6 +77,13 @@ def read_card(checkpoint: Path, flags: dict | None = None) -> ModelCard:
     return parse_card(data, str(path), ignore=_CONFIG_ONLY_KEYS)
 
 
+def _check_sampling(card: ModelCard, sampler: str | None, steps: int | None, fast: bool) -> None:
+    """Raise UsageError unless the card supports the sampling asked for."""
+    if fast:
+        sampler, steps = card.fast_sampling
+    card.check_sampling(sampler, steps)
+
+
 def _beside(checkpoint: Path, name: str) -> Path:
     """The further passes' U-Net that a checkpoint's JSON names: a file in the same folder."""
     where = checkpoint.with_suffix(".json")
@@ -89,11 +96,12 @@ def _beside(checkpoint: Path, name: str) -> Path:
 
 
 def load(spec: ModelSpec, device: str = "auto", precision: str = "auto", passes: int | None = None,
-         steps: int | None = None, sampler: str | None = None) -> Loaded:
+         steps: int | None = None, sampler: str | None = None, fast: bool = False) -> Loaded:
     """Resolve the weights (downloading them if needed) and build the restorer on ``device``.
 
     ``passes``: None runs the card's passes; a number runs that many on every image. ``steps`` and
-    ``sampler``, when given, are checked against the card before any weights are fetched or read.
+    ``sampler`` (or ``fast``), when given, are checked against the card before any weights are
+    fetched or read.
     """
     torch_device, device_note = resolve_device(device)
     resolve_precision(precision, torch_device)  # fail on a bad choice before loading anything
@@ -106,7 +114,7 @@ def load(spec: ModelSpec, device: str = "auto", precision: str = "auto", passes:
             if not path.is_file():
                 raise DerainError(f"{path}: no such checkpoint file")
         card = read_card(unet_path, spec.sde_flags())
-        card.check_sampling(sampler, steps)
+        _check_sampling(card, sampler, steps, fast)
         repeat_path = _beside(unet_path, card.cascade.unet) if card.cascade and card.cascade.unet else None
         description = f"U-Net {unet_path}" + (f" + DA-CLIP {daclip_path}" if daclip_path else "")
     else:
@@ -119,7 +127,7 @@ def load(spec: ModelSpec, device: str = "auto", precision: str = "auto", passes:
             notes.append(Note("info", f"model {name!r}: {reason}"))
         entry = resolve_model(manifest, name)
         card = entry.card
-        card.check_sampling(sampler, steps)
+        _check_sampling(card, sampler, steps, fast)
         unet_path = resolve_weights(manifest, entry.unet, offline=spec.offline)
         daclip_path = resolve_weights(manifest, entry.daclip, offline=spec.offline) if entry.daclip else None
         repeat_path = resolve_weights(manifest, entry.repeat_unet, offline=spec.offline) if entry.repeat_unet else None

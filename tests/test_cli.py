@@ -314,3 +314,49 @@ def test_train_writes_a_loadable_run_and_refuses_to_clobber_it(tmp_path, capsys)
     src = write_rgb(tmp_path / "rainy.png")
     code, _, err = derain("run", src, "-o", tmp_path / "out.png", "--unet", weights, *FAST, capsys=capsys)
     assert code == 0, err
+
+
+# -- fast sampling --------------------------------------------------------------------------------
+
+def test_fast_runs_mars_at_twenty_calls_and_mr_settings_reach_the_sampler(tmp_path, plain_unet_file, capsys,
+                                                                           monkeypatch):
+    from derain_cli import mars
+
+    calls = []
+    real = mars.sample_mars
+
+    def spy(denoiser, mu, x_T, tables, steps, options, *args, **kwargs):
+        calls.append((steps, options))
+        return real(denoiser, mu, x_T, tables, steps, options, *args, **kwargs)
+
+    monkeypatch.setattr(mars, "sample_mars", spy)
+    src = write_rgb(tmp_path / "rainy.png", 24, 24)
+    common = ["--unet", plain_unet_file, "--device", "cpu", "--quiet"]
+    code, _, err = derain("run", src, "-o", tmp_path / "fast.png", "--fast", *common, capsys=capsys)
+    assert code == 0, err
+    code, _, err = derain("run", src, "-o", tmp_path / "mr.png", "--sampler", "mr", "--steps", "20", *common,
+                          capsys=capsys)
+    assert code == 0, err
+    code, _, err = derain("run", src, "-o", tmp_path / "sde.png", "--fast", "--mr", "solver=sde", "--mr", "order=1",
+                          *common, capsys=capsys)
+    assert code == 0, err
+    assert [c[0] for c in calls] == [20, 20, 20]
+    assert calls[0][1] == calls[1][1] == mars.MarsOptions()
+    assert (calls[2][1].solver, calls[2][1].order) == ("sde", 1)
+    fast, mr = (np.asarray(Image.open(tmp_path / n)) for n in ("fast.png", "mr.png"))
+    assert np.array_equal(fast, mr)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--fast", "--steps", "5"], "give --fast or --steps/--sampler, not both"),
+    (["--mr", "order=2"], "--mr settings need --sampler mr or --fast"),
+    (["--fast", "--mr", "order=3"], "unknown MaRS order 3; choose from [1, 2]"),
+    (["--fast", "--mr", "speed=9"], "expected KEY=VALUE with KEY one of solver"),
+    (["--fast", "--mr", "thresholding=maybe"], "expected true or false"),
+])
+def test_fast_and_mr_misuse_is_a_one_line_usage_error(tmp_path, plain_unet_file, capsys, args, message):
+    src = write_rgb(tmp_path / "rainy.png", 24, 24)
+    code, _, err = derain("run", src, "-o", tmp_path / "x.png", "--unet", plain_unet_file, "--device", "cpu", *args,
+                          capsys=capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "x.png").exists()
