@@ -124,3 +124,18 @@ def test_rain100l_clean_images_are_rain100h_clean_images(shared_data):
         light = read_rgb8(shared_data / "rain100l" / "GT" / name)
         crops = [heavy[dy:dy + light.shape[0], dx:dx + light.shape[1]] for dy in (0, 1) for dx in (0, 1)]
         assert any(np.array_equal(c, light) for c in crops), name
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--steps", "10"], "--steps 10: this model supports 1..1 steps"),
+    (["--sampler", "ode"], "--sampler ode: this model supports posterior"),
+])
+def test_the_bundled_model_refuses_sampling_it_does_not_support_before_reading_anything(
+        tmp_path, empty_hub_cache, capsys, monkeypatch, args, message):
+    # At 10 steps it wrote a black image, at 100 a NaN traceback (the card now declares 1 step, posterior).
+    import derain_cli.resolve
+
+    monkeypatch.setattr(derain_cli.resolve, "load_unet", lambda *a, **k: pytest.fail("weights were read"))
+    code, _, err = derain("run", EXAMPLES / "rainy" / "cat.png", "-o", tmp_path / "x.png", *args, capsys=capsys)
+    assert code == 2 and err.strip() == f"error: {message}"
+    assert not (tmp_path / "x.png").exists()
