@@ -17,8 +17,9 @@ samples of a single-process run with the same global batch.
 
 Run folder (see derain_cli.runs): ``last/`` and ``best/`` (and ``step-NNNNNNNN/``, the newest few)
 each hold ``unet.safetensors`` (EMA weights), ``unet.json`` ({"unet": constructor kwargs, "sde":
-IRSDE kwargs, "prediction": "noise" or "x0", "steps" and "sampler": the validation's sampling,
-which ``derain run --unet`` takes as its defaults, "training": {...}}) and ``state.pt`` (its
+IRSDE kwargs, "prediction": "noise" or "x0", "steps" and "sampler": the validation's sampling when
+``val_steps``/``val_sampler`` were given, which ``derain run --unet`` then takes as its defaults,
+"training": {...}}) and ``state.pt`` (its
 "model" entry holds the raw weights, which ``load_unet`` reads); ``log.csv``, ``loss.png`` and
 ``train.log`` beside them. Validation restores with the pipeline the exported weights run in.
 """
@@ -67,6 +68,7 @@ RESUME_FIXED = {"batch_size": "--batch-size", "patch_size": "--patch-size", "see
                 "prediction": "--prediction", "t_min": "--t-min", "nf": "--nf", "ch_mult": "--ch-mult",
                 "daclip": "--daclip", "use_degra_context": "use_degra_context",
                 "use_image_context": "use_image_context"}
+VAL_STEPS, VAL_SAMPLER = 10, "posterior"  # how validation samples unless val_steps / val_sampler are given
 
 
 @dataclass
@@ -112,8 +114,8 @@ class TrainConfig:
     ckpt_every: int = 1000
     keep_checkpoints: int = 3  # newest step-NNNNNNNN/ folders kept (0: none written)
     val_every: int = 1000
-    val_steps: int | None = 10  # sampler steps for validation (None: T); recorded as the weights' default
-    val_sampler: str = "posterior"  # sampler for validation; recorded as the weights' default
+    val_steps: int | None = None  # sampler steps for validation (None: VAL_STEPS); given: the weights' default
+    val_sampler: str | None = None  # sampler for validation (None: VAL_SAMPLER); given: the weights' default
     val_crop: int | None = None  # score centre crops of this size instead of whole images
     val_limit: int | None = None  # score only the first N validation pairs
     val_seed: int = 0
@@ -145,7 +147,7 @@ class TrainConfig:
             raise DerainError(f"unknown prediction {self.prediction!r}; choose from {list(PREDICTIONS)}")
         if self.schedule not in SCHEDULES:
             raise DerainError(f"unknown schedule {self.schedule!r}; choose from {sorted(SCHEDULES)}")
-        if self.val_sampler not in SAMPLERS:
+        if self.val_sampler is not None and self.val_sampler not in SAMPLERS:
             raise DerainError(f"unknown validation sampler {self.val_sampler!r}; choose from {list(SAMPLERS)}")
         if self.val_steps is not None and self.val_steps < 1:
             raise DerainError(f"val_steps must be at least 1, got {self.val_steps}")
@@ -497,8 +499,9 @@ class Trainer:
     # -- validation --
 
     def sample_options(self) -> SampleOptions:
-        """How validation samples (whole images, seeded); unet.json records steps and sampler as the defaults."""
-        return SampleOptions(steps=self.config.val_steps, sampler=self.config.val_sampler,  # type: ignore[arg-type]
+        """How validation samples: whole images, seeded, VAL_STEPS steps of VAL_SAMPLER unless the config says."""
+        return SampleOptions(steps=self.config.val_steps or VAL_STEPS,
+                             sampler=self.config.val_sampler or VAL_SAMPLER,  # type: ignore[arg-type]
                              seed=self.config.val_seed, tile=None)
 
     def pipeline(self) -> DerainPipeline:
@@ -551,12 +554,12 @@ class Trainer:
         }
 
     def sidecar(self, val_psnr_y: float | None = None) -> dict[str, Any]:
-        """unet.json: how to build the exported U-Net and sample it as validation did, and how it was trained."""
+        """unet.json: how to build the exported U-Net, the validation's sampling where it was given, its training."""
         training = {"step": self.step, "val_psnr_y": val_psnr_y, "daclip": self.config.to_dict()["daclip"],
                     "t_min": self.config.t_min}
-        options = self.sample_options()
+        chosen = {"steps": self.config.val_steps, "sampler": self.config.val_sampler}
         return {"unet": self.model.config, "sde": self.sde.config, "prediction": self.config.prediction,
-                "steps": options.steps, "sampler": options.sampler, "training": training}
+                **{key: value for key, value in chosen.items() if value is not None}, "training": training}
 
     def save(self, name: str, val_psnr_y: float | None = None) -> Path:
         """Write EMA weights, their JSON config and the resumable state to out/name (atomically)."""
