@@ -15,9 +15,8 @@ that is stopped and resumed from its checkpoint ends with the same weights, bit 
 that was not (on the CPU, or wherever the kernels are deterministic), and a distributed run sees the
 samples of a single-process run with the same global batch.
 
-Run folder (see derain_cli.runs): ``last/`` and ``best/`` (and ``step-NNNNNNNN/``, the newest few)
-each hold ``unet.safetensors`` (EMA weights), ``unet.json`` ({"unet": constructor kwargs, "sde":
-IRSDE kwargs, "prediction": "noise" or "x0", "steps" and "sampler": the validation's sampling when
+Run folder: see derain_cli.runs; the exported weights are the EMA's, and ``unet.json`` holds {"unet":
+constructor kwargs, "sde": IRSDE kwargs, "prediction": "noise" or "x0", "steps" and "sampler": the validation's sampling when
 ``val_steps``/``val_sampler`` were given, which ``derain run --unet`` then takes as its defaults,
 "training": {...}}) and ``state.pt`` (its
 "model" entry holds the raw weights, which ``load_unet`` reads); ``log.csv``, ``loss.png`` and
@@ -169,10 +168,8 @@ class TrainConfig:
 
     def fixed_settings(self) -> dict[str, str]:
         """The settings a resumed run must keep (RESUME_FIXED), as flag -> value shown as on the command line."""
-        values = self.to_dict()
-        shown = {name: _shown(values[name]) for name in RESUME_FIXED}
-        shown["daclip"] = "off" if self.daclip is None else "on"
-        return {RESUME_FIXED[name]: value for name, value in shown.items()}
+        values = {**self.to_dict(), "daclip": "off" if self.daclip is None else "on"}
+        return {flag: _shown(values[name]) for name, flag in RESUME_FIXED.items()}
 
 
 def _shown(value: Any) -> str:
@@ -332,10 +329,14 @@ class Trainer:
         self.is_main = self.dist.rank == 0
         if warning:
             self.note(warning)
-        self.amp_dtype = self._amp_dtype()
+        self.amp_dtype: torch.dtype | None = None  # fp32 off CUDA or without amp; else bf16 where supported, else fp16
+        if config.amp and device.type == "cuda":
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         self.sde = IRSDE(config.max_sigma, config.T, config.schedule, config.eps)  # type: ignore[arg-type]
         state = self._resume_state()
-        self.daclip = self._load_daclip()
+        self.daclip: DACLIP | None = None  # frozen DA-CLIP, or None for a plain U-Net
+        if config.daclip is not None:
+            self.daclip = load_daclip(config.daclip).to(device).requires_grad_(False)
         self.model = self._build_model(state).to(device)
         self.model.gradient_checkpointing = config.grad_checkpointing
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, betas=config.betas,
@@ -351,7 +352,8 @@ class Trainer:
             ids = [device.index] if device.type == "cuda" else None
             self.network = DistributedDataParallel(self.model, device_ids=ids)
         self.train_images = PairImages(self._train_folders(), cache=config.cache_images)
-        self.val_pairs = self._val_pairs()
+        self.val_pairs = None if config.val is None else ValidationPairs(
+            PairImages([find_pairs(config.val)], cache=config.cache_images), config.val_crop, config.val_limit)
         self._stop_signal: int | None = None
         self._complete = True
         self._saved_step = self.step  # the step last/ holds
@@ -367,18 +369,6 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         with (self.out / "train.log").open("a") as log:
             log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
-
-    def _amp_dtype(self) -> torch.dtype | None:
-        """bf16 where CUDA supports it, else fp16; None (fp32) off CUDA or without amp."""
-        if not self.config.amp or self.device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-    def _load_daclip(self) -> DACLIP | None:
-        """The frozen DA-CLIP model, or None for a plain U-Net."""
-        if self.config.daclip is None:
-            return None
-        return load_daclip(self.config.daclip).to(self.device).requires_grad_(False)
 
     def _resume_state(self) -> dict[str, Any] | None:
         """The saved state of ``out/last`` when resuming (same fixed settings); refuse to overwrite a run otherwise."""
@@ -405,14 +395,12 @@ class Trainer:
             model = ConditionalUNet(**state["unet"])
         elif config.from_weights is not None:
             model = load_unet(config.from_weights).train()
-        elif self.daclip is not None:
-            embed_dim = self.daclip.clip.visual.output_dim
-            model = ConditionalUNet(nf=config.nf, ch_mult=config.ch_mult, context_dim=embed_dim,
-                                    use_degra_context=config.use_degra_context,
-                                    use_image_context=config.use_image_context)
         else:
-            model = ConditionalUNet(nf=config.nf, ch_mult=config.ch_mult, context_dim=None,
-                                    use_degra_context=False, use_image_context=False)
+            daclip = self.daclip is not None
+            model = ConditionalUNet(nf=config.nf, ch_mult=config.ch_mult,
+                                    context_dim=self.daclip.clip.visual.output_dim if daclip else None,
+                                    use_degra_context=daclip and config.use_degra_context,
+                                    use_image_context=daclip and config.use_image_context)
         needs = model.use_degra_context or model.use_image_context
         if needs and self.daclip is None:
             raise DerainError("this U-Net is conditioned on DA-CLIP embeddings: give the DA-CLIP weights")
@@ -442,13 +430,6 @@ class Trainer:
             for path in [*folder.unpaired_lq, *folder.unpaired_gt]:
                 self.note(f"unpaired, not used: {path}")
         return folders
-
-    def _val_pairs(self) -> ValidationPairs | None:
-        """The validation pairs, if a validation folder was given."""
-        if self.config.val is None:
-            return None
-        images = PairImages([find_pairs(self.config.val)], cache=self.config.cache_images)
-        return ValidationPairs(images, self.config.val_crop, self.config.val_limit)
 
     # -- one step --
 
@@ -498,26 +479,22 @@ class Trainer:
 
     # -- validation --
 
-    def sample_options(self) -> SampleOptions:
-        """How validation samples: whole images, seeded, VAL_STEPS steps of VAL_SAMPLER unless the config says."""
-        return SampleOptions(steps=self.config.val_steps or VAL_STEPS,
-                             sampler=self.config.val_sampler or VAL_SAMPLER,  # type: ignore[arg-type]
-                             seed=self.config.val_seed, tile=None)
-
-    def pipeline(self) -> DerainPipeline:
-        """The EMA model in the pipeline that runs exported weights (fp32)."""
-        return DerainPipeline(self.ema.model, self.sde, self.daclip, device=self.device, dtype=torch.float32,
-                              prediction=self.config.prediction)  # type: ignore[arg-type]
-
     def _stop_if_requested(self, *_: int) -> None:
         """Abandon validation when a stop was requested (called between images and sampler steps)."""
         if self._stop_signal is not None:
             raise _ValidationStopped
 
     def validate(self) -> float | None:
-        """Mean PSNR_Y of the EMA model's 8-bit restorations over the validation pairs; None if a stop cut it short."""
+        """Mean PSNR_Y of the EMA model's 8-bit restorations over the validation pairs; None if a stop cut it short.
+
+        Whole images, seeded, VAL_STEPS steps of VAL_SAMPLER unless the config says, in the fp32 pipeline
+        that runs exported weights.
+        """
         assert self.val_pairs is not None
-        pipeline, options = self.pipeline(), self.sample_options()
+        pipeline = DerainPipeline(self.ema.model, self.sde, self.daclip, device=self.device, dtype=torch.float32,
+                                  prediction=self.config.prediction)  # type: ignore[arg-type]
+        options = SampleOptions(steps=self.config.val_steps or VAL_STEPS, seed=self.config.val_seed, tile=None,
+                                sampler=self.config.val_sampler or VAL_SAMPLER)  # type: ignore[arg-type]
         total, count, stopped = 0.0, 0, 0.0
         try:
             for i in range(self.dist.rank, len(self.val_pairs), self.dist.world_size):
@@ -561,12 +538,11 @@ class Trainer:
         return {"unet": self.model.config, "sde": self.sde.config, "prediction": self.config.prediction,
                 **{key: value for key, value in chosen.items() if value is not None}, "training": training}
 
-    def save(self, name: str, val_psnr_y: float | None = None) -> Path:
+    def save(self, name: str, val_psnr_y: float | None = None) -> None:
         """Write EMA weights, their JSON config and the resumable state to out/name (atomically)."""
-        folder = self.run_folder.write(name, self.ema.model.state_dict(), self.sidecar(val_psnr_y), self.state_dict())
+        self.run_folder.write(name, self.ema.model.state_dict(), self.sidecar(val_psnr_y), self.state_dict())
         if name == "last":
             self._saved_step = self.step
-        return folder
 
     def _save_last(self) -> None:
         """Write last/ unless it already holds this step."""
@@ -576,14 +552,9 @@ class Trainer:
     def _save_periodic(self, val_psnr_y: float | None = None) -> None:
         """Write last/ and a step-numbered copy, keeping only the newest few numbered ones."""
         self.save("last", val_psnr_y)
-        if self.config.keep_checkpoints < 1:
-            return
-        self.save(step_name(self.step), val_psnr_y)
-        self.run_folder.prune(self.config.keep_checkpoints)
-
-    def result(self) -> Path:
-        """The exported weights: best/ when validation ran, else last/."""
-        return self.run_folder.exported_weights()
+        if self.config.keep_checkpoints > 0:
+            self.save(step_name(self.step), val_psnr_y)
+            self.run_folder.prune(self.config.keep_checkpoints)
 
     # -- the loop --
 
@@ -595,7 +566,7 @@ class Trainer:
             trim_log(self.out / "log.csv", self.step)
         if self.step >= min(config.steps, config.stop_after or config.steps):
             self.note(f"already trained {self.step} of {config.steps} steps")
-            return self.result()
+            return self.run_folder.exported_weights()
         dataset = RandomPatches(self.train_images, config.patch_size, config.seed)
         batches = StepBatches(config.batch_size, config.steps, self.step, self.dist.rank, self.dist.world_size)
         loader = DataLoader(dataset, batch_sampler=batches, num_workers=config.num_workers,
@@ -614,7 +585,7 @@ class Trainer:
         finally:
             if self.is_main:
                 plot_log(read_log(self.out / "log.csv"), self.out / "loss.png")
-        return self.result()
+        return self.run_folder.exported_weights()
 
     def _loop(self, loader: DataLoader, progress: Callable[[StepInfo], None] | None) -> None:
         """The training steps, with logging, validation, checkpoints and stop requests between them."""
@@ -637,7 +608,8 @@ class Trainer:
             if step % config.log_every == 0 or validates or step == config.steps:
                 total, count = _all_sum(self.log_window, self.dist, self.device)
                 window_rate = (step - window_first) / max(time.perf_counter() - window_start, 1e-9)
-                self._log_row(step, total / count, window_rate, val)
+                if self.is_main:
+                    append_row(self.out / "log.csv", step, total / count, lr_at(step, config), window_rate, val)
                 self.log_window = [0.0, 0]
                 window_start, window_first = time.perf_counter(), step
             if self.is_main and (step % config.ckpt_every == 0 or step == config.steps):
@@ -665,11 +637,6 @@ class Trainer:
         self.note(f"step {self.step}: validation PSNR_Y {score:.3f} dB "
                   f"(best {self.best_psnr_y:.3f} at step {self.best_step})")
         return score
-
-    def _log_row(self, step: int, loss: float, rate: float, val: float | None) -> None:
-        """Append a row to log.csv (main process)."""
-        if self.is_main:
-            append_row(self.out / "log.csv", step, loss, lr_at(step, self.config), rate, val)
 
     @contextlib.contextmanager
     def _stop_requests(self) -> Iterator[None]:
