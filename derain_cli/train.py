@@ -15,12 +15,12 @@ that is stopped and resumed from its checkpoint ends with the same weights, bit 
 that was not (on the CPU, or wherever the kernels are deterministic), and a distributed run sees the
 samples of a single-process run with the same global batch.
 
-Run folder: see derain_cli.runs; the exported weights are the EMA's, and ``unet.json`` holds {"unet":
-constructor kwargs, "sde": IRSDE kwargs, "prediction": "noise" or "x0", "steps" and "sampler": the validation's sampling when
-``val_steps``/``val_sampler`` were given, which ``derain run --unet`` then takes as its defaults,
-"training": {...}}) and ``state.pt`` (its
-"model" entry holds the raw weights, which ``load_unet`` reads); ``log.csv``, ``loss.png`` and
-``train.log`` beside them. Validation restores with the pipeline the exported weights run in.
+Run folder: see derain_cli.runs. The exported weights are the EMA's; ``unet.json`` holds {"unet":
+constructor kwargs, "sde": IRSDE kwargs, "prediction": "noise" or "x0", "steps" and "sampler" (only
+where ``val_steps``/``val_sampler`` were given: the weights' defaults for ``derain run --unet``),
+"training": {...}}; ``state.pt``'s "model" entry holds the raw weights, which ``load_unet`` reads;
+``log.csv``, ``loss.png`` and ``train.log`` lie beside them. Validation restores with the pipeline
+the exported weights run in.
 """
 
 from __future__ import annotations
