@@ -129,9 +129,9 @@ class TrainConfig:
     def check(self) -> None:
         """Raise DerainError naming the first setting that is out of range."""
         positive = ("nf", "steps", "batch_size", "patch_size", "T", "ckpt_every", "val_every", "log_every",
-                    "ema_every")
+                    "ema_every", "val_steps")  # val_steps may also be None
         for name in positive:
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise DerainError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.data and not self.pairs and not self.synth:
             raise DerainError("no training data: give a data folder (LQ/ + GT/), an LQ/GT folder pair "
@@ -148,8 +148,6 @@ class TrainConfig:
             raise DerainError(f"unknown schedule {self.schedule!r}; choose from {sorted(SCHEDULES)}")
         if self.val_sampler is not None and self.val_sampler not in SAMPLERS:
             raise DerainError(f"unknown validation sampler {self.val_sampler!r}; choose from {list(SAMPLERS)}")
-        if self.val_steps is not None and self.val_steps < 1:
-            raise DerainError(f"val_steps must be at least 1, got {self.val_steps}")
         if not 0 <= self.ema_decay < 1:
             raise DerainError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if self.lr <= 0 or self.lr_min < 0 or self.warmup_steps < 0 or self.num_workers < 0:
