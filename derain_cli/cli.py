@@ -403,7 +403,7 @@ def train(
     ckpt_every: Annotated[int, typer.Option("--ckpt-every", min=1, help="Checkpoint every N steps.")] = 1000,
     keep: Annotated[int, typer.Option("--keep", min=0, help="Step-numbered checkpoints kept, the newest (last/ and best/ are always kept).")] = 3,
     val_every: Annotated[int, typer.Option("--val-every", min=1, help="Validate every N steps.")] = 1000,
-    val_steps: Annotated[int, typer.Option("--val-steps", min=1, help="Sampler steps for validation, kept in unet.json as the weights' default (10 is cheap; a noise model scores higher with --sde-steps, an x0 model may use 1).")] = 10,
+    val_steps: Annotated[Optional[int], typer.Option("--val-steps", min=1, help="Sampler steps for validation (default 10: cheap; a noise model scores higher with --sde-steps, an x0 model may use 1); when given, kept in unet.json as the weights' default.")] = None,
     val_sampler: Annotated[str, typer.Option("--val-sampler", help="Sampler for validation (posterior, sde or ode), kept in unet.json as the weights' default.")] = "posterior",
     val_crop: Annotated[Optional[int], typer.Option("--val-crop", min=16, help="Score centre crops of this size.")] = None,
     val_limit: Annotated[Optional[int], typer.Option("--val-limit", min=1, help="Score only the first N pairs.")] = None,

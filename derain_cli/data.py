@@ -70,9 +70,6 @@ class PairedFolder:
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __repr__(self) -> str:
-        return f"PairedFolder({str(self.lq_dir)!r}, {str(self.gt_dir)!r}, pairs={len(self)})"
-
     def read(self, index: int) -> Pair:
         """The pair ``index`` as uint8 RGB arrays (LQ, GT); raises if their sizes differ."""
         lq_path, gt_path = self.pairs[index]
@@ -97,16 +94,13 @@ class RainOnClean:
         files = list_images(self.clean_dir)
         if not files:
             raise DerainError(f"{self.clean_dir}: no images to render rain on")
-        self.preset, self.copies, self.rain = preset, copies, PRESETS[preset]
+        self.rain = PRESETS[preset]
         self.pairs: list[tuple[Path, Path]] = [(f, f) for f in files for _ in range(copies)]
         self.unpaired_lq: list[Path] = []
         self.unpaired_gt: list[Path] = []
 
     def __len__(self) -> int:
         return len(self.pairs)
-
-    def __repr__(self) -> str:
-        return f"RainOnClean({str(self.clean_dir)!r}, {self.preset!r}, copies={self.copies}, pairs={len(self)})"
 
     def read(self, index: int) -> Pair:
         """The clean photograph ``index`` as uint8 RGB, twice (the rain is rendered per sample)."""

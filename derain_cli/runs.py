@@ -46,12 +46,16 @@ class RunFolder:
     def write(self, name: str, weights: Mapping[str, Tensor], sidecar: dict[str, Any],
               state: dict[str, Any]) -> Path:
         """Write weights (+ their JSON sidecar) and resume state as checkpoint ``name``, atomically."""
-        folder, tmp = self.path / name, self.path / f".{name}.tmp"
+        folder, tmp, old = self.path / name, self.path / f".{name}.tmp", self.path / f".{name}.old"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         save_safetensors(weights, tmp / WEIGHTS_FILE, sidecar)
         torch.save(state, tmp / STATE_FILE)
-        replace_dir(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+        if folder.exists():
+            folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
         return folder
 
     def prune(self, keep: int) -> None:
@@ -66,9 +70,11 @@ class RunFolder:
         return best if best.exists() else self.path / "last" / WEIGHTS_FILE
 
     def recover(self) -> None:
-        """Bring back last/ and best/ where a replacement of them was cut short."""
+        """Bring back last/ and best/ from their moved-aside copies where a replacement was cut short."""
         for name in ("last", "best"):
-            recover_interrupted_replace(self.path / name)
+            target, old = self.path / name, self.path / f".{name}.old"
+            if not target.exists() and old.exists():
+                old.rename(target)
 
     def read_state(self) -> dict[str, Any]:
         """The resume state of last/, checked to be of the format this version writes."""
@@ -85,26 +91,6 @@ def check_fixed_settings(where: Path, saved: Mapping[str, str], given: Mapping[s
         differences = "; ".join(f"{flag} {saved[flag]} in the run, {given[flag]} given" for flag in changed)
         raise DerainError(f"cannot resume {where} with other settings: {differences} "
                           "(give the run's values, or train into another folder)")
-
-
-# -- folders ------------------------------------------------------------------------------------
-
-
-def replace_dir(new: Path, target: Path) -> None:
-    """Put folder ``new`` in place of ``target``: the old one is moved aside first, then removed."""
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        target.rename(old)
-    new.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def recover_interrupted_replace(target: Path) -> None:
-    """Bring back ``target`` from its moved-aside copy if a replacement was cut short."""
-    old = target.with_name(f".{target.name}.old")
-    if not target.exists() and old.exists():
-        old.rename(target)
 
 
 # -- random number generators -------------------------------------------------------------------

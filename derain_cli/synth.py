@@ -178,21 +178,21 @@ def drop_kernel(radius: float) -> np.ndarray:
     return _pixel_mean((0.5 + 0.5 * r**2) * disc)
 
 
-def _splat(seeds: np.ndarray, kernel: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Convolve seeds (H+2h, W+2h) with a (2h+1)^2 kernel by FFT and return the valid H x W part."""
+def _splat(rng: np.random.Generator, kernel: np.ndarray, shape: tuple[int, int], density: float,
+           intensity: float) -> np.ndarray:
+    """Return an H x W layer of sparse drops splatted with a (2h+1)^2 kernel by FFT, clipped to [0, 1].
+
+    The drops, drawn over the image and an h-pixel margin, are a fraction `density` of pixels valued
+    in [intensity / 2, intensity).
+    """
     half = kernel.shape[0] // 2
+    u = rng.random((shape[0] + 2 * half, shape[1] + 2 * half))
+    seeds = np.where(u < density, intensity * (0.5 + 0.5 * u / max(density, 1e-12)), 0.0)
     fft_shape = (_fft_size(seeds.shape[0]), _fft_size(seeds.shape[1]))
     spectrum = np.fft.rfft2(seeds, fft_shape) * np.fft.rfft2(kernel, fft_shape)
     full = np.fft.irfft2(spectrum, fft_shape)
     h, w = shape
-    return full[2 * half: 2 * half + h, 2 * half: 2 * half + w]
-
-
-def _seeds(rng: np.random.Generator, shape: tuple[int, int], density: float,
-           intensity: float) -> np.ndarray:
-    """Return sparse drops: a fraction `density` of pixels, valued in [intensity / 2, intensity)."""
-    u = rng.random(shape)
-    return np.where(u < density, intensity * (0.5 + 0.5 * u / max(density, 1e-12)), 0.0)
+    return np.clip(full[2 * half: 2 * half + h, 2 * half: 2 * half + w], 0.0, 1.0)
 
 
 def _screen(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -211,20 +211,15 @@ def _streak_layer(rng: np.random.Generator, shape: tuple[int, int], config: Rain
     width = _lerp(config.width, near) * scale
     density = _lerp(config.density, far) / scale**2
     intensity = _uniform(rng, config.intensity)
-    kernel = streak_kernel(length, width, angle)
-    pad = kernel.shape[0] // 2
-    seeds = _seeds(rng, (shape[0] + 2 * pad, shape[1] + 2 * pad), min(density, 1.0), intensity)
-    return np.clip(_splat(seeds, kernel, shape), 0.0, 1.0)
+    return _splat(rng, streak_kernel(length, width, angle), shape, min(density, 1.0), intensity)
 
 
 def _drop_layer(rng: np.random.Generator, shape: tuple[int, int], config: RainConfig,
                 scale: float) -> np.ndarray:
     """Render round drops (splashes on the lens) of one random radius and density."""
     kernel = drop_kernel(_uniform(rng, config.splash_radius) * scale)
-    pad = kernel.shape[0] // 2
     density = min(_uniform(rng, config.splash_density) / scale**2, 1.0)
-    seeds = _seeds(rng, (shape[0] + 2 * pad, shape[1] + 2 * pad), density, _uniform(rng, (0.3, 0.6)))
-    return np.clip(_splat(seeds, kernel, shape), 0.0, 1.0)
+    return _splat(rng, kernel, shape, density, _uniform(rng, (0.3, 0.6)))
 
 
 def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], cells: int = 4) -> np.ndarray:
@@ -306,7 +301,9 @@ def synth_folder(clean_dir: str | Path, out_dir: str | Path, preset: str | RainC
                  seed: int = 0, copies: int = 1,
                  on_pair: Callable[[Path, Path], None] | None = None) -> list[tuple[Path, Path]]:
     """Render rain on every image of clean_dir into out_dir/LQ (+ clean copy in GT); return the pairs."""
-    config = preset if isinstance(preset, RainConfig) else _preset(preset)
+    if isinstance(preset, str) and preset not in PRESETS:
+        raise ValueError(f"unknown rain preset {preset!r}; choose from {sorted(PRESETS)}")
+    config = PRESETS[preset] if isinstance(preset, str) else preset
     if copies < 1:
         raise ValueError(f"copies must be at least 1, got {copies}")
     out_dir = Path(out_dir)
@@ -332,10 +329,3 @@ def _list_images(folder: Path) -> list[Path]:
     if not files:
         raise ImageError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {folder}")
     return files
-
-
-def _preset(name: str) -> RainConfig:
-    """Return the preset called name, or raise ValueError listing the choices."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown rain preset {name!r}; choose from {sorted(PRESETS)}")
-    return PRESETS[name]

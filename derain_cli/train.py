@@ -15,12 +15,12 @@ that is stopped and resumed from its checkpoint ends with the same weights, bit 
 that was not (on the CPU, or wherever the kernels are deterministic), and a distributed run sees the
 samples of a single-process run with the same global batch.
 
-Run folder (see derain_cli.runs): ``last/`` and ``best/`` (and ``step-NNNNNNNN/``, the newest few)
-each hold ``unet.safetensors`` (EMA weights), ``unet.json`` ({"unet": constructor kwargs, "sde":
-IRSDE kwargs, "prediction": "noise" or "x0", "steps" and "sampler": the validation's sampling,
-which ``derain run --unet`` takes as its defaults, "training": {...}}) and ``state.pt`` (its
-"model" entry holds the raw weights, which ``load_unet`` reads); ``log.csv``, ``loss.png`` and
-``train.log`` beside them. Validation restores with the pipeline the exported weights run in.
+Run folder: see derain_cli.runs. The exported weights are the EMA's; ``unet.json`` holds {"unet":
+constructor kwargs, "sde": IRSDE kwargs, "prediction": "noise" or "x0", "steps" and "sampler" (only
+where ``val_steps``/``val_sampler`` were given: the weights' defaults for ``derain run --unet``),
+"training": {...}}; ``state.pt``'s "model" entry holds the raw weights, which ``load_unet`` reads;
+``log.csv``, ``loss.png`` and ``train.log`` lie beside them. Validation restores with the pipeline
+the exported weights run in.
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ RESUME_FIXED = {"batch_size": "--batch-size", "patch_size": "--patch-size", "see
                 "prediction": "--prediction", "t_min": "--t-min", "nf": "--nf", "ch_mult": "--ch-mult",
                 "daclip": "--daclip", "use_degra_context": "use_degra_context",
                 "use_image_context": "use_image_context"}
+VAL_STEPS, VAL_SAMPLER = 10, "posterior"  # how validation samples unless val_steps / val_sampler are given
 
 
 @dataclass
@@ -112,8 +113,8 @@ class TrainConfig:
     ckpt_every: int = 1000
     keep_checkpoints: int = 3  # newest step-NNNNNNNN/ folders kept (0: none written)
     val_every: int = 1000
-    val_steps: int | None = 10  # sampler steps for validation (None: T); recorded as the weights' default
-    val_sampler: str = "posterior"  # sampler for validation; recorded as the weights' default
+    val_steps: int | None = None  # sampler steps for validation (None: VAL_STEPS); given: the weights' default
+    val_sampler: str | None = None  # sampler for validation (None: VAL_SAMPLER); given: the weights' default
     val_crop: int | None = None  # score centre crops of this size instead of whole images
     val_limit: int | None = None  # score only the first N validation pairs
     val_seed: int = 0
@@ -128,9 +129,9 @@ class TrainConfig:
     def check(self) -> None:
         """Raise DerainError naming the first setting that is out of range."""
         positive = ("nf", "steps", "batch_size", "patch_size", "T", "ckpt_every", "val_every", "log_every",
-                    "ema_every")
+                    "ema_every", "val_steps")  # val_steps may also be None
         for name in positive:
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise DerainError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.data and not self.pairs and not self.synth:
             raise DerainError("no training data: give a data folder (LQ/ + GT/), an LQ/GT folder pair "
@@ -145,10 +146,8 @@ class TrainConfig:
             raise DerainError(f"unknown prediction {self.prediction!r}; choose from {list(PREDICTIONS)}")
         if self.schedule not in SCHEDULES:
             raise DerainError(f"unknown schedule {self.schedule!r}; choose from {sorted(SCHEDULES)}")
-        if self.val_sampler not in SAMPLERS:
+        if self.val_sampler is not None and self.val_sampler not in SAMPLERS:
             raise DerainError(f"unknown validation sampler {self.val_sampler!r}; choose from {list(SAMPLERS)}")
-        if self.val_steps is not None and self.val_steps < 1:
-            raise DerainError(f"val_steps must be at least 1, got {self.val_steps}")
         if not 0 <= self.ema_decay < 1:
             raise DerainError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if self.lr <= 0 or self.lr_min < 0 or self.warmup_steps < 0 or self.num_workers < 0:
@@ -167,10 +166,8 @@ class TrainConfig:
 
     def fixed_settings(self) -> dict[str, str]:
         """The settings a resumed run must keep (RESUME_FIXED), as flag -> value shown as on the command line."""
-        values = self.to_dict()
-        shown = {name: _shown(values[name]) for name in RESUME_FIXED}
-        shown["daclip"] = "off" if self.daclip is None else "on"
-        return {RESUME_FIXED[name]: value for name, value in shown.items()}
+        values = {**self.to_dict(), "daclip": "off" if self.daclip is None else "on"}
+        return {flag: _shown(values[name]) for name, flag in RESUME_FIXED.items()}
 
 
 def _shown(value: Any) -> str:
@@ -330,10 +327,14 @@ class Trainer:
         self.is_main = self.dist.rank == 0
         if warning:
             self.note(warning)
-        self.amp_dtype = self._amp_dtype()
+        self.amp_dtype: torch.dtype | None = None  # fp32 off CUDA or without amp; else bf16 where supported, else fp16
+        if config.amp and device.type == "cuda":
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         self.sde = IRSDE(config.max_sigma, config.T, config.schedule, config.eps)  # type: ignore[arg-type]
         state = self._resume_state()
-        self.daclip = self._load_daclip()
+        self.daclip: DACLIP | None = None  # frozen DA-CLIP, or None for a plain U-Net
+        if config.daclip is not None:
+            self.daclip = load_daclip(config.daclip).to(device).requires_grad_(False)
         self.model = self._build_model(state).to(device)
         self.model.gradient_checkpointing = config.grad_checkpointing
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, betas=config.betas,
@@ -349,7 +350,8 @@ class Trainer:
             ids = [device.index] if device.type == "cuda" else None
             self.network = DistributedDataParallel(self.model, device_ids=ids)
         self.train_images = PairImages(self._train_folders(), cache=config.cache_images)
-        self.val_pairs = self._val_pairs()
+        self.val_pairs = None if config.val is None else ValidationPairs(
+            PairImages([find_pairs(config.val)], cache=config.cache_images), config.val_crop, config.val_limit)
         self._stop_signal: int | None = None
         self._complete = True
         self._saved_step = self.step  # the step last/ holds
@@ -365,18 +367,6 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         with (self.out / "train.log").open("a") as log:
             log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
-
-    def _amp_dtype(self) -> torch.dtype | None:
-        """bf16 where CUDA supports it, else fp16; None (fp32) off CUDA or without amp."""
-        if not self.config.amp or self.device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-    def _load_daclip(self) -> DACLIP | None:
-        """The frozen DA-CLIP model, or None for a plain U-Net."""
-        if self.config.daclip is None:
-            return None
-        return load_daclip(self.config.daclip).to(self.device).requires_grad_(False)
 
     def _resume_state(self) -> dict[str, Any] | None:
         """The saved state of ``out/last`` when resuming (same fixed settings); refuse to overwrite a run otherwise."""
@@ -403,14 +393,12 @@ class Trainer:
             model = ConditionalUNet(**state["unet"])
         elif config.from_weights is not None:
             model = load_unet(config.from_weights).train()
-        elif self.daclip is not None:
-            embed_dim = self.daclip.clip.visual.output_dim
-            model = ConditionalUNet(nf=config.nf, ch_mult=config.ch_mult, context_dim=embed_dim,
-                                    use_degra_context=config.use_degra_context,
-                                    use_image_context=config.use_image_context)
         else:
-            model = ConditionalUNet(nf=config.nf, ch_mult=config.ch_mult, context_dim=None,
-                                    use_degra_context=False, use_image_context=False)
+            daclip = self.daclip is not None
+            model = ConditionalUNet(nf=config.nf, ch_mult=config.ch_mult,
+                                    context_dim=self.daclip.clip.visual.output_dim if daclip else None,
+                                    use_degra_context=daclip and config.use_degra_context,
+                                    use_image_context=daclip and config.use_image_context)
         needs = model.use_degra_context or model.use_image_context
         if needs and self.daclip is None:
             raise DerainError("this U-Net is conditioned on DA-CLIP embeddings: give the DA-CLIP weights")
@@ -440,13 +428,6 @@ class Trainer:
             for path in [*folder.unpaired_lq, *folder.unpaired_gt]:
                 self.note(f"unpaired, not used: {path}")
         return folders
-
-    def _val_pairs(self) -> ValidationPairs | None:
-        """The validation pairs, if a validation folder was given."""
-        if self.config.val is None:
-            return None
-        images = PairImages([find_pairs(self.config.val)], cache=self.config.cache_images)
-        return ValidationPairs(images, self.config.val_crop, self.config.val_limit)
 
     # -- one step --
 
@@ -496,25 +477,22 @@ class Trainer:
 
     # -- validation --
 
-    def sample_options(self) -> SampleOptions:
-        """How validation samples (whole images, seeded); unet.json records steps and sampler as the defaults."""
-        return SampleOptions(steps=self.config.val_steps, sampler=self.config.val_sampler,  # type: ignore[arg-type]
-                             seed=self.config.val_seed, tile=None)
-
-    def pipeline(self) -> DerainPipeline:
-        """The EMA model in the pipeline that runs exported weights (fp32)."""
-        return DerainPipeline(self.ema.model, self.sde, self.daclip, device=self.device, dtype=torch.float32,
-                              prediction=self.config.prediction)  # type: ignore[arg-type]
-
     def _stop_if_requested(self, *_: int) -> None:
         """Abandon validation when a stop was requested (called between images and sampler steps)."""
         if self._stop_signal is not None:
             raise _ValidationStopped
 
     def validate(self) -> float | None:
-        """Mean PSNR_Y of the EMA model's 8-bit restorations over the validation pairs; None if a stop cut it short."""
+        """Mean PSNR_Y of the EMA model's 8-bit restorations over the validation pairs; None if a stop cut it short.
+
+        Whole images, seeded, VAL_STEPS steps of VAL_SAMPLER unless the config says, in the fp32 pipeline
+        that runs exported weights.
+        """
         assert self.val_pairs is not None
-        pipeline, options = self.pipeline(), self.sample_options()
+        pipeline = DerainPipeline(self.ema.model, self.sde, self.daclip, device=self.device, dtype=torch.float32,
+                                  prediction=self.config.prediction)  # type: ignore[arg-type]
+        options = SampleOptions(steps=self.config.val_steps or VAL_STEPS, seed=self.config.val_seed, tile=None,
+                                sampler=self.config.val_sampler or VAL_SAMPLER)  # type: ignore[arg-type]
         total, count, stopped = 0.0, 0, 0.0
         try:
             for i in range(self.dist.rank, len(self.val_pairs), self.dist.world_size):
@@ -551,19 +529,18 @@ class Trainer:
         }
 
     def sidecar(self, val_psnr_y: float | None = None) -> dict[str, Any]:
-        """unet.json: how to build the exported U-Net and sample it as validation did, and how it was trained."""
+        """unet.json: how to build the exported U-Net, the validation's sampling where it was given, its training."""
         training = {"step": self.step, "val_psnr_y": val_psnr_y, "daclip": self.config.to_dict()["daclip"],
                     "t_min": self.config.t_min}
-        options = self.sample_options()
+        chosen = {"steps": self.config.val_steps, "sampler": self.config.val_sampler}
         return {"unet": self.model.config, "sde": self.sde.config, "prediction": self.config.prediction,
-                "steps": options.steps, "sampler": options.sampler, "training": training}
+                **{key: value for key, value in chosen.items() if value is not None}, "training": training}
 
-    def save(self, name: str, val_psnr_y: float | None = None) -> Path:
+    def save(self, name: str, val_psnr_y: float | None = None) -> None:
         """Write EMA weights, their JSON config and the resumable state to out/name (atomically)."""
-        folder = self.run_folder.write(name, self.ema.model.state_dict(), self.sidecar(val_psnr_y), self.state_dict())
+        self.run_folder.write(name, self.ema.model.state_dict(), self.sidecar(val_psnr_y), self.state_dict())
         if name == "last":
             self._saved_step = self.step
-        return folder
 
     def _save_last(self) -> None:
         """Write last/ unless it already holds this step."""
@@ -573,14 +550,9 @@ class Trainer:
     def _save_periodic(self, val_psnr_y: float | None = None) -> None:
         """Write last/ and a step-numbered copy, keeping only the newest few numbered ones."""
         self.save("last", val_psnr_y)
-        if self.config.keep_checkpoints < 1:
-            return
-        self.save(step_name(self.step), val_psnr_y)
-        self.run_folder.prune(self.config.keep_checkpoints)
-
-    def result(self) -> Path:
-        """The exported weights: best/ when validation ran, else last/."""
-        return self.run_folder.exported_weights()
+        if self.config.keep_checkpoints > 0:
+            self.save(step_name(self.step), val_psnr_y)
+            self.run_folder.prune(self.config.keep_checkpoints)
 
     # -- the loop --
 
@@ -592,7 +564,7 @@ class Trainer:
             trim_log(self.out / "log.csv", self.step)
         if self.step >= min(config.steps, config.stop_after or config.steps):
             self.note(f"already trained {self.step} of {config.steps} steps")
-            return self.result()
+            return self.run_folder.exported_weights()
         dataset = RandomPatches(self.train_images, config.patch_size, config.seed)
         batches = StepBatches(config.batch_size, config.steps, self.step, self.dist.rank, self.dist.world_size)
         loader = DataLoader(dataset, batch_sampler=batches, num_workers=config.num_workers,
@@ -611,7 +583,7 @@ class Trainer:
         finally:
             if self.is_main:
                 plot_log(read_log(self.out / "log.csv"), self.out / "loss.png")
-        return self.result()
+        return self.run_folder.exported_weights()
 
     def _loop(self, loader: DataLoader, progress: Callable[[StepInfo], None] | None) -> None:
         """The training steps, with logging, validation, checkpoints and stop requests between them."""
@@ -634,7 +606,8 @@ class Trainer:
             if step % config.log_every == 0 or validates or step == config.steps:
                 total, count = _all_sum(self.log_window, self.dist, self.device)
                 window_rate = (step - window_first) / max(time.perf_counter() - window_start, 1e-9)
-                self._log_row(step, total / count, window_rate, val)
+                if self.is_main:
+                    append_row(self.out / "log.csv", step, total / count, lr_at(step, config), window_rate, val)
                 self.log_window = [0.0, 0]
                 window_start, window_first = time.perf_counter(), step
             if self.is_main and (step % config.ckpt_every == 0 or step == config.steps):
@@ -662,11 +635,6 @@ class Trainer:
         self.note(f"step {self.step}: validation PSNR_Y {score:.3f} dB "
                   f"(best {self.best_psnr_y:.3f} at step {self.best_step})")
         return score
-
-    def _log_row(self, step: int, loss: float, rate: float, val: float | None) -> None:
-        """Append a row to log.csv (main process)."""
-        if self.is_main:
-            append_row(self.out / "log.csv", step, loss, lr_at(step, self.config), rate, val)
 
     @contextlib.contextmanager
     def _stop_requests(self) -> Iterator[None]:

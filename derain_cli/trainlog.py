@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
+
+from derain_cli.imageio import atomic_write
 
 LOG_COLUMNS = ("step", "loss", "lr", "it/s", "val_psnr_y")
 
@@ -141,6 +142,4 @@ def plot_log(rows: list[dict[str, float | None]], path: Path) -> None:
         _panel(draw, (0, split, width, height), [s for s, _ in scores], [([v for _, v in scores], PSNR_COLOUR)],
                "validation PSNR_Y (dB)", log_y=False)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    atomic_write(path, lambda file: image.save(file, format="PNG"))
