@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image, TiffImagePlugin, UnidentifiedImageError
 
-from derain_cli.errors import ImageError
+from derain_cli.errors import ImageError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -381,6 +381,46 @@ def _format_for(path: Path) -> str:
     except KeyError:
         raise ImageError(f"cannot write {path}: unknown image extension {path.suffix!r}; "
                          f"choose from {', '.join(sorted(IMAGE_EXTENSIONS))}") from None
+
+
+def check_image_extension(path: Path, option: str = "-o") -> None:
+    """Raise UsageError unless ``path`` ends in an extension `write_image` knows (the format comes from it)."""
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        return
+    problem = f"unknown image extension {path.suffix!r}" if path.suffix else "no image extension"
+    raise UsageError(f"{option} {path}: {problem}; end it in one of {', '.join(sorted(IMAGE_EXTENSIONS))}")
+
+
+def check_output_path(path: Path, source: Path | None = None, option: str = "-o") -> None:
+    """Raise unless an image can be written at ``path`` (not ``source``); creates nothing.
+
+    An unknown or missing extension is a UsageError (the command line is wrong whatever the disk
+    holds); an existing folder, the input itself, a parent that is a file or that cannot be written
+    are ImageErrors.
+    """
+    if path.is_dir():
+        hint = f" (e.g. {path / source.name})" if source is not None else ""
+        raise ImageError(f"cannot write {path}: it is a folder; give the output file's name{hint}")
+    check_image_extension(path, option)
+    if source is not None and _same_file(path, source):
+        raise ImageError(f"cannot write {path}: it is the input image; choose another output path")
+    check_writable_folder(path.parent, path)
+
+
+def check_writable_folder(folder: Path, target: Path | None = None) -> None:
+    """Raise ImageError unless ``folder`` is, or can be created as, a folder this process may write in.
+
+    Creates nothing: the nearest existing ancestor must be a folder with write and search permission.
+    ``target`` is the file named in the message (default: the folder).
+    """
+    existing = folder
+    while not (existing.exists() or existing.is_symlink()) and existing != existing.parent:
+        existing = existing.parent
+    what = target if target is not None else folder
+    if not existing.is_dir():
+        raise ImageError(f"cannot write {what}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ImageError(f"cannot write {what}: the folder {existing} is not writable")
 
 
 def _same_file(a: Path, b: Path) -> bool:
