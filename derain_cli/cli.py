@@ -250,7 +250,7 @@ def batch(
 
             def start(job) -> None:
                 if progress is not None:
-                    progress.update(images, description=str(job.src.relative_to(in_dir)))
+                    progress.update(images, description=str(job.src.relative_to(in_dir)), refresh=True)
 
             try:
                 for result in iter_batch(loaded.restorer, plan.todo, options, quality, on_start=start,

@@ -3,9 +3,10 @@
 A batch is planned in full before any model work: every input, the output it becomes, the
 outputs that already exist (skipped unless ``overwrite``), and every problem knowable up front
 (two inputs onto one output, an output onto an input, a folder that cannot be written).
-Outputs may live inside the input folder, so a rerun must not take them for inputs: images
-under the output folder are left out, and with ``-o`` the input folder itself (which needs a
-``--suffix``), images named as another input's output are taken for that output.
+Outputs may live inside the input folder, so a rerun must not take them for inputs: with an
+output folder inside the input folder (``-o IN/clean``), the images under it are left out; with
+the input folder itself (``-o IN``, which needs a ``--suffix``), an image named as another
+input's output is taken for that output.
 """
 
 from __future__ import annotations
@@ -120,11 +121,12 @@ def plan_batch(in_dir: Path, out_dir: Path, recursive: bool = False, suffix: str
     if not in_dir.is_dir():
         raise DerainError(f"{in_dir}: {'not a folder' if in_dir.exists() else 'no such folder'}")
     same_folder = out_dir.resolve() == in_dir.resolve()
+    inside = in_dir.resolve() in out_dir.resolve().parents  # e.g. -o IN/clean
     if same_folder and not suffix:
         raise DerainError(f"{out_dir}: is the input folder; without --suffix the outputs would overwrite an input "
                           "file or be taken for inputs on a rerun; add --suffix (e.g. _clean) or use another -o")
     found = list_images(in_dir, recursive)
-    sources = found if same_folder else scan_images(in_dir, recursive, exclude=out_dir)
+    sources = scan_images(in_dir, recursive, exclude=out_dir) if inside else found
     kept = set(sources)
     plan = BatchPlan(left_out=[path for path in found if path not in kept])
     if same_folder:  # an image named as another's output is that output, written by an earlier run
