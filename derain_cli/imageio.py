@@ -19,13 +19,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import TYPE_CHECKING, BinaryIO, Literal
 
 import numpy as np
-import torch
 from PIL import Image, TiffImagePlugin, UnidentifiedImageError
 
 from derain_cli.errors import ImageError, UsageError
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: checking a path needs none of it
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -309,6 +311,8 @@ def _upright(a: np.ndarray, orientation: int) -> np.ndarray:
 
 def _to_tensor(pixels: np.ndarray, bits: int) -> torch.Tensor:
     """Float32 [1, 3, H, W] tensor in [0, 1] from [H, W] (replicated) or [H, W, 3] integer samples."""
+    import torch
+
     x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).div_(2**bits - 1)
     x = x.unsqueeze(0).expand(3, -1, -1) if x.ndim == 2 else x.permute(2, 0, 1)
     return x.unsqueeze(0).contiguous()
@@ -430,6 +434,8 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def _quantize(rgb: torch.Tensor, bits: int, grayscale: bool) -> np.ndarray:
     """[H, W] (grayscale: channel mean) or [H, W, 3] uint8/uint16 samples of a [1, 3, H, W] tensor."""
+    import torch
+
     if rgb.ndim != 4 or rgb.shape[:2] != (1, 3):
         raise ValueError(f"expected an RGB tensor of shape [1, 3, H, W], got {tuple(rgb.shape)}")
     x = rgb.detach()[0].to("cpu", torch.float32)

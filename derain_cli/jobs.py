@@ -14,13 +14,15 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from derain_cli.errors import DerainError, ImageError, UsageError
 from derain_cli.imageio import (IMAGE_EXTENSIONS, LoadedImage, check_output_path, check_writable_folder,
                                 list_images, read_image, write_image)
-from derain_cli.pipeline import DerainPipeline, SampleOptions
-from derain_cli.sde import StepCallback
+
+if TYPE_CHECKING:  # planning and checking a batch needs no torch: a bad -o is refused in a blink
+    from derain_cli.pipeline import DerainPipeline, SampleOptions
+    from derain_cli.sde import StepCallback
 
 # Failures that end one image of a batch but not the batch: bad files, full disks, device errors.
 PER_IMAGE_ERRORS = (DerainError, OSError, RuntimeError)
