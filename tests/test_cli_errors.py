@@ -198,3 +198,44 @@ def test_a_read_only_output_folder_is_refused_for_real(tmp_path, plain_unet_file
         assert list(locked.iterdir()) == []
     finally:
         locked.chmod(0o700)
+
+
+def test_bench_refuses_a_ground_truth_of_another_size_before_restoring_anything(tmp_path, plain_unet_file,
+                                                                               monkeypatch, capsys):
+    from derain_cli.pipeline import DerainPipeline
+
+    make_tree(tmp_path)
+    write_rgb(tmp_path / "lq" / "rain-002.png", 40, 56, seed=8)  # a good pair before the bad one is reached
+    write_rgb(tmp_path / "gt" / "norain-002.png", 40, 56, seed=9)
+    write_rgb(tmp_path / "lq" / "rain-003.png", 40, 56, seed=10)
+    write_rgb(tmp_path / "gt" / "norain-003.png", 30, 56, seed=11)
+
+    def restore(*args, **kwargs):
+        raise AssertionError("restored before the sizes were checked")
+
+    monkeypatch.setattr(DerainPipeline, "restore", restore)
+    before = snapshot(tmp_path)
+    code, _, err = derain("bench", tmp_path / "lq", "--gt", tmp_path / "gt", "--unet", plain_unet_file, "--quiet",
+                          "--device", "cpu", "--no-lpips", "-o", tmp_path / "restored", "--grid", tmp_path / "grid",
+                          "--json", tmp_path / "report.json", capsys=capsys)
+    assert code == 1 and err.count("error:") == 1 and "Traceback" not in err
+    assert f"{tmp_path / 'lq' / 'rain-001.png'} is 56x40 but its ground truth {tmp_path / 'gt' / 'norain-001.png'}" \
+        " is 50x40 (1 more pair(s) differ in size)" in err
+    assert snapshot(tmp_path) == before
+
+
+def test_a_bad_output_path_is_refused_without_importing_torch(tmp_path):
+    """Refusing `-o out.xyz` costs an interpreter start, not the seconds torch takes to import."""
+    import subprocess
+    import sys
+
+    src = write_rgb(tmp_path / "cat.png")
+    script = ("import sys; from derain_cli.cli import app\n"
+              "try:\n"
+              f"    app(args=['run', {str(src)!r}, '-o', 'out.xyz', '--model', 'universal'], standalone_mode=False)\n"
+              "except Exception as error:\n"
+              "    print(type(error).__name__, 'torch' in sys.modules)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=120)
+    assert done.stdout.split() == ["UsageError", "False"], done.stderr
