@@ -115,6 +115,18 @@ def _grid(strip: list[np.ndarray], path: Path) -> None:
     Image.fromarray(row).save(path)
 
 
+def check_pair_sizes(pairs: list[tuple[Path, Path]]) -> None:
+    """Raise DerainError naming the first input whose ground truth has another size (and how many more)."""
+    mismatched = []
+    for src, gt_path in pairs:
+        (h, w), (gt_h, gt_w) = read_image(src).size, read_image(gt_path).size
+        if (h, w) != (gt_h, gt_w):
+            mismatched.append(f"{src} is {w}x{h} but its ground truth {gt_path} is {gt_w}x{gt_h}")
+    if mismatched:
+        more = f" ({len(mismatched) - 1} more pair(s) differ in size)" if len(mismatched) > 1 else ""
+        raise DerainError(f"{mismatched[0]}{more}; a score needs images of one size")
+
+
 def run_bench(in_dir: Path, gt_dir: Path, pipeline: Restorer | None, options: SampleOptions,
               out_dir: Path | None = None, crop_border: int = 0, grid_dir: Path | None = None,
               with_lpips: bool = True, on_image: Callable[[dict], None] | None = None,
@@ -126,6 +138,7 @@ def run_bench(in_dir: Path, gt_dir: Path, pipeline: Restorer | None, options: Sa
         raise DerainError(str(error)) from None
     report = BenchReport(unpaired_inputs=[p.name for p in lone_in], unpaired_gts=[p.name for p in lone_gt],
                          crop_border=crop_border)
+    check_pair_sizes(pairs)  # before restoring anything: a mismatch is knowable up front
     lpips_fn, note = load_lpips() if with_lpips else (None, None)
     if note:
         report.notes.append(note)

@@ -234,16 +234,19 @@ def run(
     quality: QualityOpt = None, quiet: QuietOpt = False,
 ) -> None:
     """Derain one image."""
-    from derain_cli.jobs import derain_file
+    from derain_cli.imageio import check_output_path, read_image
+    from derain_cli.jobs import derain_image
 
     if rainy.is_dir():
         raise DerainError(f"{rainy}: is a folder; `derain batch` derains a folder")
     if not rainy.is_file():
         raise DerainError(f"{rainy}: no such file")
+    check_output_path(output, source=rainy)  # before any model work: the model may take minutes
+    image = read_image(rainy)
     loaded, options = _load(model, sampling, quiet)
     start = time.perf_counter()
     with _progress(quiet) as progress:
-        derain_file(loaded.restorer, rainy, output, options, quality, _step_callback(progress))
+        derain_image(loaded.restorer, image, output, options, quality, _step_callback(progress))
     if not quiet:
         err.print(f"Wrote {output} in {time.perf_counter() - start:.1f} s")
 
@@ -261,38 +264,63 @@ def batch(
     report: Annotated[Optional[Path], typer.Option("--json", help="Write a JSON report here.")] = None,
     quality: QualityOpt = None, quiet: QuietOpt = False,
 ) -> None:
-    """Derain every image in a folder; keeps going past bad files and resumes where it stopped."""
-    import json
+    """Derain every image in a folder; keeps going past bad files and resumes where it stopped.
 
-    from derain_cli.imageio import write_text_atomic
-    from derain_cli.jobs import JobResult, plan_batch, run_batch
+    Ctrl-C stops after the current image, writes the --json report of the images done and exits 130;
+    the same command continues.
+    """
+    from derain_cli.jobs import JobResult, check_jobs, iter_batch, plan_batch
 
-    jobs, skipped = plan_batch(in_dir, output, recursive, suffix, ext, overwrite)
-    if not quiet and skipped:
-        err.print(f"{len(skipped)} image(s) already done (use --overwrite to redo them)")
-    results = [JobResult(str(j.src), str(j.dst), "skipped") for j in skipped]
-    if jobs:
+    plan = plan_batch(in_dir, output, recursive, suffix, ext, overwrite)
+    check_jobs(plan.todo, report)  # every output problem is found before any model work
+    if not quiet and plan.left_out:
+        err.print(f"{len(plan.left_out)} image(s) in {in_dir} are outputs of this batch, not inputs", highlight=False)
+    if not quiet and plan.skipped:
+        err.print(f"{len(plan.skipped)} image(s) already done (use --overwrite to redo them)")
+    results = [JobResult(str(j.src), str(j.dst), "skipped") for j in plan.skipped]
+    if plan.todo:
         loaded, options = _load(model, sampling, quiet)
         with _progress(quiet) as progress:
-            images = progress.add_task("images", total=len(jobs)) if progress else None
+            images = progress.add_task("images", total=len(plan.todo)) if progress else None
 
-            def done(result: JobResult) -> None:
+            def start(job) -> None:
                 if progress is not None:
-                    progress.advance(images)
-                if result.status == "failed" and not quiet:
-                    err.print(f"[red]failed:[/] {result.error}", highlight=False)
+                    progress.update(images, description=str(job.src.relative_to(in_dir)), refresh=True)
 
-            results += run_batch(loaded.restorer, jobs, options, quality, on_done=done,
-                                 callback=_step_callback(progress))
+            try:
+                for result in iter_batch(loaded.restorer, plan.todo, options, quality, on_start=start,
+                                         callback=_step_callback(progress)):
+                    results.append(result)
+                    if progress is not None:
+                        progress.advance(images)
+                    if result.status == "failed" and not quiet:
+                        err.print(f"[red]failed:[/] {result.error}", highlight=False)
+            except KeyboardInterrupt:
+                _write_batch_report(report, results, interrupted=True)
+                done = sum(r.status != "skipped" for r in results)
+                err.print(f"interrupted after {done} of {len(plan.todo)} image(s)"
+                          + (f"; report in {report}" if report else "") + "; the same command continues",
+                          highlight=False)
+                raise typer.Exit(130) from None
+    _write_batch_report(report, results, interrupted=False)
     failed = [r for r in results if r.status == "failed"]
-    if report is not None:
-        write_text_atomic(report, json.dumps({"images": [r.as_dict() for r in results]}, indent=2) + "\n")
     ok = sum(r.status == "ok" for r in results)
-    err.print(f"{ok} restored, {len(skipped)} skipped, {len(failed)} failed")
+    err.print(f"{ok} restored, {len(plan.skipped)} skipped, {len(failed)} failed")
     for result in failed:
         err.print(f"  {result.error}", highlight=False)
     if failed:
         raise typer.Exit(1)
+
+
+def _write_batch_report(path: Path | None, results: list, interrupted: bool) -> None:
+    """Write the batch's JSON report (each image's result; whether Ctrl-C stopped it) if asked for."""
+    import json
+
+    from derain_cli.imageio import write_text_atomic
+
+    if path is not None:
+        data = {"interrupted": interrupted, "images": [r.as_dict() for r in results]}
+        write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 # -- bench / synth ----------------------------------------------------------------------------

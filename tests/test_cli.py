@@ -204,6 +204,68 @@ def test_batch_into_its_own_folder_without_suffix_is_refused(tmp_path, plain_une
     assert (src / "a.png").read_bytes() == before
 
 
+@pytest.mark.parametrize("out, extra", [("IN/clean", ["-r"]), ("IN", ["--suffix", "_clean"]),
+                                        ("IN", ["-r", "--suffix", "_clean", "--ext", "jpg"])])
+def test_batch_with_outputs_inside_the_input_folder_resumes_on_a_rerun(out, extra, tmp_path, plain_unet_file,
+                                                                       monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # relative paths, as typed
+    write_rgb(Path("IN") / "a.png", seed=1)
+    write_rgb(Path("IN") / "b.png", seed=2)
+    args = ["batch", "IN", "-o", out, *extra, "--unet", plain_unet_file, *FAST]
+    code, _, err = derain(*args, capsys=capsys)
+    assert code == 0 and "2 restored, 0 skipped" in err, err
+    written = sorted(str(p) for p in Path("IN").rglob("*") if p.is_file())
+    first = {p: Path(p).stat().st_mtime_ns for p in written}
+    code, _, err = derain(*args, capsys=capsys)
+    assert code == 0 and "0 restored, 2 skipped, 0 failed" in err, err
+    assert {p: Path(p).stat().st_mtime_ns for p in written} == first
+    assert sorted(str(p) for p in Path("IN").rglob("*") if p.is_file()) == written  # nothing new
+
+
+def test_batch_interrupted_writes_the_report_of_the_images_done_and_exits_130(tmp_path, plain_unet_file,
+                                                                                monkeypatch, capsys):
+    from derain_cli import jobs
+
+    src, dst, report = tmp_path / "in", tmp_path / "out", tmp_path / "report.json"
+    for i, name in enumerate(("a.png", "b.png", "c.png")):
+        write_rgb(src / name, seed=i)
+    real, calls = jobs.derain_file, []
+
+    def ctrl_c_on_the_second(*args, **kwargs):
+        calls.append(args[1].name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(jobs, "derain_file", ctrl_c_on_the_second)
+    code, _, err = derain("batch", src, "-o", dst, "--json", report, "--unet", plain_unet_file, *FAST, capsys=capsys)
+    assert code == 130 and "interrupted after 1 of 3 image(s)" in err and str(report) in err
+    data = json.loads(report.read_text())
+    assert data["interrupted"] is True
+    assert [(Path(r["input"]).name, r["status"]) for r in data["images"]] == [("a.png", "ok")]
+    assert [p.name for p in dst.iterdir()] == ["a.png"]  # no partial or temporary file of b.png
+    monkeypatch.setattr(jobs, "derain_file", real)
+    code, _, err = derain("batch", src, "-o", dst, "--json", report, "--unet", plain_unet_file, *FAST, capsys=capsys)
+    assert code == 0 and "2 restored, 1 skipped" in err
+    assert json.loads(report.read_text())["interrupted"] is False
+
+
+def test_batch_progress_names_the_image_being_restored(tmp_path, plain_unet_file, monkeypatch, capsys):
+    import io
+
+    from rich.console import Console
+
+    src = tmp_path / "in"
+    write_rgb(src / "first.png", seed=1)
+    write_rgb(src / "sub" / "second.png", seed=2)
+    screen = io.StringIO()
+    monkeypatch.setattr(cli, "err", Console(file=screen, force_terminal=True, width=120))
+    code, _, _ = derain("batch", src, "-o", tmp_path / "out", "-r", "--unet", plain_unet_file, "--steps", "2",
+                        "--device", "cpu", capsys=capsys)
+    assert code == 0, screen.getvalue()
+    assert "first.png" in screen.getvalue() and str(Path("sub") / "second.png") in screen.getvalue()
+
+
 # -- bench --------------------------------------------------------------------------------------
 
 def test_bench_score_only_pairs_by_name_and_writes_json_and_csv(tmp_path, capsys):
