@@ -25,3 +25,7 @@ class WeightsError(DerainError):
 
 class CardError(WeightsError):
     """A model card (a manifest model entry or the JSON beside a checkpoint) is invalid."""
+
+
+class NonFiniteError(DerainError):
+    """A sampler produced non-finite values: that image fails, and no file is written."""

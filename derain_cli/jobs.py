@@ -24,8 +24,15 @@ if TYPE_CHECKING:  # planning and checking a batch needs no torch: a bad -o is r
     from derain_cli.pipeline import DerainPipeline, SampleOptions
     from derain_cli.sde import StepCallback
 
-# Failures that end one image of a batch but not the batch: bad files, full disks, device errors.
-PER_IMAGE_ERRORS = (DerainError, OSError, RuntimeError)
+
+def per_image_errors() -> tuple[type[BaseException], ...]:
+    """Failures that end one image of a batch but not the batch: bad files, full disks, GPU memory.
+
+    Any other error (a RuntimeError from torch, say) is a bug and stops the batch with its traceback.
+    """
+    import torch
+
+    return (DerainError, OSError, torch.cuda.OutOfMemoryError)
 
 
 @dataclass
@@ -173,7 +180,7 @@ def iter_batch(pipeline: DerainPipeline, jobs: Iterable[Job], options: SampleOpt
         try:
             derain_file(pipeline, job.src, job.dst, options, quality, callback)
             result = JobResult(str(job.src), str(job.dst), "ok", time.perf_counter() - start)
-        except PER_IMAGE_ERRORS as err:
+        except per_image_errors() as err:
             message = str(err) if isinstance(err, DerainError) else f"{job.src}: {type(err).__name__}: {err}"
             result = JobResult(str(job.src), str(job.dst), "failed", time.perf_counter() - start, message)
         yield result

@@ -101,3 +101,30 @@ def test_a_folder_with_images_only_in_sub_folders_hints_recursive(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DerainError, match="no image files"):
         plan_batch(tmp_path / "empty", tmp_path / "out")
+
+
+class _Broken:
+    """A restorer whose ``restore`` raises ``error`` for the image named ``bad``."""
+
+    def __init__(self, error: BaseException, bad: str) -> None:
+        self.error, self.bad = error, bad
+
+    def restore(self, lq, options=None, callback=None):
+        if lq.shape[-1] == 9:  # the bad image is 9 pixels wide
+            raise self.error
+        return lq
+
+
+def test_a_bad_image_fails_alone_but_a_bug_stops_the_batch(tmp_path):
+    from derain_cli.errors import NonFiniteError
+    from derain_cli.jobs import iter_batch
+
+    write_rgb(tmp_path / "in" / "a.png", 8, 8)
+    write_rgb(tmp_path / "in" / "b.png", 8, 9)
+    write_rgb(tmp_path / "in" / "c.png", 8, 8)
+    plan = plan_batch(tmp_path / "in", tmp_path / "out")
+    results = list(iter_batch(_Broken(NonFiniteError("b.png: the sampler gave non-finite values"), "b"), plan.todo, None))
+    assert [r.status for r in results] == ["ok", "failed", "ok"]
+    assert not (tmp_path / "out" / "b.png").exists()
+    with pytest.raises(RuntimeError, match="a bug"):  # not hidden as one image's failure (it was)
+        list(iter_batch(_Broken(RuntimeError("a bug"), "b"), plan_batch(tmp_path / "in", tmp_path / "out2").todo, None))
