@@ -269,26 +269,31 @@ def batch(
     Ctrl-C stops after the current image, writes the --json report of the images done and exits 130;
     the same command continues.
     """
+    from derain_cli.distributed import current_world
     from derain_cli.jobs import JobResult, check_jobs, iter_batch, plan_batch
 
+    world = current_world()  # under torchrun: this process's share of the images, on its own device
     plan = plan_batch(in_dir, output, recursive, suffix, ext, overwrite)
     check_jobs(plan.todo, report)  # every output problem is found before any model work
+    quiet = quiet or not world.is_main
     if not quiet and plan.left_out:
         err.print(f"{len(plan.left_out)} image(s) in {in_dir} are outputs of this batch, not inputs", highlight=False)
     if not quiet and plan.skipped:
         err.print(f"{len(plan.skipped)} image(s) already done (use --overwrite to redo them)")
-    results = [JobResult(str(j.src), str(j.dst), "skipped") for j in plan.skipped]
-    if plan.todo:
+    todo = world.share(plan.todo)
+    results = [JobResult(str(j.src), str(j.dst), "skipped") for j in plan.skipped] if world.is_main else []
+    if todo:
+        model.device = world.device(model.device)
         loaded, options = _load(model, sampling, quiet)
         with _progress(quiet) as progress:
-            images = progress.add_task("images", total=len(plan.todo)) if progress else None
+            images = progress.add_task("images", total=len(todo)) if progress else None
 
             def start(job) -> None:
                 if progress is not None:
                     progress.update(images, description=str(job.src.relative_to(in_dir)), refresh=True)
 
             try:
-                for result in iter_batch(loaded.restorer, plan.todo, options, quality, on_start=start,
+                for result in iter_batch(loaded.restorer, todo, options, quality, on_start=start,
                                          callback=_step_callback(progress)):
                     results.append(result)
                     if progress is not None:
@@ -296,12 +301,18 @@ def batch(
                     if result.status == "failed" and not quiet:
                         err.print(f"[red]failed:[/] {result.error}", highlight=False)
             except KeyboardInterrupt:
-                _write_batch_report(report, results, interrupted=True)
+                if world.is_main:  # each process keeps the images it finished; only the first reports
+                    _write_batch_report(report, results, interrupted=True)
                 done = sum(r.status != "skipped" for r in results)
-                err.print(f"interrupted after {done} of {len(plan.todo)} image(s)"
+                err.print(f"interrupted after {done} of {len(todo)} image(s)"
                           + (f"; report in {report}" if report else "") + "; the same command continues",
                           highlight=False)
                 raise typer.Exit(130) from None
+    results = world.gather(results)
+    if not world.is_main:
+        return
+    if world.size > 1:
+        results.sort(key=lambda r: r.input)
     _write_batch_report(report, results, interrupted=False)
     failed = [r for r in results if r.status == "failed"]
     ok = sum(r.status == "ok" for r in results)
