@@ -504,13 +504,18 @@ def weights_convert(
     dst: Annotated[Path, typer.Argument(help="Output .safetensors file.")],
     fp16: Annotated[bool, typer.Option("--fp16", help="Store weights in half precision.")] = False,
 ) -> None:
-    """Convert a checkpoint to safetensors (drops optimizer state) and write its config beside it."""
+    """Convert a checkpoint to safetensors (drops optimizer state) keeping its card: JSON beside it and inside it.
+
+    The card of SRC (the JSON beside it) comes along, so DST runs as SRC does; a further passes'
+    U-Net it names is converted too, as DST_repeat.safetensors.
+    """
     from derain_cli.checkpoints import convert_checkpoint
 
     if dst.suffix != ".safetensors":
         raise UsageError(f"{dst}: the output must end in .safetensors")
-    kind, config_path = convert_checkpoint(src, dst, fp16=fp16)
-    out.print(f"Wrote {dst} ({kind}) and {config_path}")
+    converted = convert_checkpoint(src, dst, fp16=fp16)
+    for path, what in zip(converted.files, (f"{converted.kind} weights", "their config", "further passes' U-Net")):
+        out.print(f"Wrote {path} ({what})", soft_wrap=True, highlight=False)
 
 
 # -- entry point: one table turns every expected error into one line and an exit code ---------
