@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import warnings
@@ -123,6 +124,16 @@ class WeightsRow:
     source: str
     cached: bool
     sha256_pinned: bool
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    """One model of `derain weights list`: the name `--model` takes, its weights and whether all are local."""
+
+    name: str
+    weights: tuple[str, ...]
+    cached: bool
+    description: str
 
 
 # ---------------------------------------------------------------------------------------------- manifest
@@ -295,6 +306,29 @@ def list_entries(manifest: Manifest) -> list[WeightsRow]:
     return rows
 
 
+def list_models(manifest: Manifest) -> list[ModelRow]:
+    """Return one row per model: its name, the weights it needs and whether they are all available locally."""
+    return [ModelRow(name, tuple(model_weights(model)), _model_cached(manifest, name), model.card.description)
+            for name, model in manifest.models.items()]
+
+
+def local_weights(manifest: Manifest, name: str, wanted: str | None = None) -> Path:
+    """Return the verified local file of weights `name` without downloading; an error says how to get it.
+
+    ``wanted`` is what the user asked for (a model whose weights `name` are), named in the error's hint.
+    """
+    entry, hint = get_weights(manifest, name), f"run `derain weights download {wanted or name}`"
+    if entry.path is not None:
+        return _resolve_bundled(entry)
+    local = cached_path(entry)
+    if local is None:
+        raise WeightsError(f"{name}: not downloaded; {hint}")
+    problem = _check_file(entry, local, reuse_digest=True)
+    if problem is not None:
+        raise WeightsError(f"{name}: the cached file {local} is damaged ({problem}); {hint} to fetch it again")
+    return local
+
+
 def offline_mode(requested: bool = False) -> bool:
     """Whether downloads are off: `requested`, or HF_HUB_OFFLINE set now or when huggingface_hub was imported."""
     from_env = os.environ.get("HF_HUB_OFFLINE", "").upper() in _TRUE
@@ -395,11 +429,32 @@ def _progress_bars(enabled: bool) -> Iterator[None]:
         enable_progress_bars()
 
 
+@contextmanager
+def _hub_logs_once() -> Iterator[None]:
+    """Send huggingface_hub's messages (e.g. its retry warnings) only through the application's logging, if it has any.
+
+    huggingface_hub gives its logger a handler of its own and lets records propagate too, so where
+    the application has configured logging (the CLI does) every message would be printed twice.
+    """
+    hub = logging.getLogger("huggingface_hub")
+    own = list(hub.handlers)
+    if not (own and hub.propagate and logging.getLogger().handlers):
+        yield
+        return
+    for handler in own:
+        hub.removeHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in own:
+            hub.addHandler(handler)
+
+
 def _download(entry: WeightsEntry, *, progress: bool) -> Path:
     """Fetch one Hub entry into the Hugging Face cache (resuming broken transfers) and return its snapshot path."""
     where = f"{entry.name} ({entry.repo_id}/{entry.filename} @ {str(entry.revision)[:7]})"
     try:
-        with _progress_bars(progress):
+        with _progress_bars(progress), _hub_logs_once():
             found = hf_hub_download(entry.repo_id, entry.filename, revision=entry.revision)
     except LocalEntryNotFoundError as err:  # huggingface_hub's answer to a failed metadata request
         cause = err.__cause__ or err
