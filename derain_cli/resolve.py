@@ -2,8 +2,8 @@
 
 A manifest model brings its card; a checkpoint file brings the card in the JSON beside it
 (`NAME.json`) or, without one, the config derain embedded in its safetensors metadata, read by the
-same strict parser; a bare file gets the universal model's settings,
-which the SDE flags may change. The restorer is a pipeline, or a cascade where the card has passes.
+same strict parser; a bare file gets the universal model's settings, which the SDE flags may change.
+The restorer is a pipeline, or a cascade where the card has passes.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from derain_cli.devices import resolve_device, resolve_precision
 from derain_cli.errors import CardError, DerainError, UsageError
 from derain_cli.pipeline import DerainPipeline, Restorer
 from derain_cli.weights import load_manifest, pick_auto_model, resolve_model, resolve_weights
+
 
 @dataclass
 class ModelSpec:
