@@ -522,15 +522,26 @@ def _weights_file(name_or_path: str | None, manifest: Path | None, offline: bool
 
 @weights_app.command("list")
 def weights_list(manifest: ManifestOpt = None) -> None:
-    """Table of the weights in the manifest: size, source, cached or not."""
-    from derain_cli.weights import list_entries, load_manifest
+    """Tables of the models (the names --model takes) and of their weights files: size, source, downloaded or not."""
+    from derain_cli.errors import WeightsError
+    from derain_cli.weights import list_entries, list_models, load_manifest, pick_auto_model
 
-    table = Table("name", "size", "source", "cached", "sha256")
-    for row in list_entries(load_manifest(manifest)):
+    m = load_manifest(manifest)
+    try:
+        auto = pick_auto_model(m)[0]
+    except WeightsError:  # a manifest with neither the universal nor the bundled model: no default
+        auto = None
+    models = Table("model", "weights", "downloaded", "description", title="models (--model NAME)")
+    for row in list_models(m):
+        name = f"{row.name} [dim](auto)[/]" if row.name == auto else row.name
+        models.add_row(name, ", ".join(row.weights), "yes" if row.cached else "no", row.description)
+    files = Table("weights", "size", "source", "downloaded", "sha256", title="weights files")
+    for row in list_entries(m):
         size = f"{row.size / 1e6:,.1f} MB" if row.size else "?"
-        table.add_row(row.name, size, row.source, "yes" if row.cached else "no",
+        files.add_row(row.name, size, row.source, "yes" if row.cached else "no",
                       "pinned" if row.sha256_pinned else "[yellow]unverified[/]")
-    out.print(table)
+    out.print(models)
+    out.print(files)
 
 
 @weights_app.command("download")
@@ -565,11 +576,19 @@ def weights_verify(names: Annotated[Optional[list[str]], typer.Argument(help="We
 
 
 @weights_app.command("path")
-def weights_path(name: Annotated[str, typer.Argument(help="Weights name.")], manifest: ManifestOpt = None) -> None:
-    """Print the local path of a downloaded (and verified) weights file."""
-    from derain_cli.weights import load_manifest, resolve_weights
+def weights_path(names: Annotated[list[str], typer.Argument(help="Weights or model names (a model: its U-Net, DA-CLIP and further passes' U-Net files, one a line).")],
+                 manifest: ManifestOpt = None) -> None:
+    """Print the local path of downloaded (and verified) weights files, one a line; never downloads."""
+    from derain_cli.weights import load_manifest, local_weights, weights_names
 
-    print(resolve_weights(load_manifest(manifest), name, offline=True, progress=False))
+    m = load_manifest(manifest)
+    asked: dict[str, str] = {}  # each weights name, once, and the name given for it
+    for name in names:
+        for weights in weights_names(m, [name]):
+            asked.setdefault(weights, name)
+    paths = [local_weights(m, weights, wanted=name) for weights, name in asked.items()]  # all found, then printed
+    for path in paths:
+        print(path)
 
 
 @weights_app.command("convert")
@@ -578,13 +597,18 @@ def weights_convert(
     dst: Annotated[Path, typer.Argument(help="Output .safetensors file.")],
     fp16: Annotated[bool, typer.Option("--fp16", help="Store weights in half precision.")] = False,
 ) -> None:
-    """Convert a checkpoint to safetensors (drops optimizer state) and write its config beside it."""
+    """Convert a checkpoint to safetensors (drops optimizer state) keeping its card: JSON beside it and inside it.
+
+    The card of SRC (the JSON beside it) comes along, so DST runs as SRC does; a further passes'
+    U-Net it names is converted too, as DST_repeat.safetensors.
+    """
     from derain_cli.checkpoints import convert_checkpoint
 
     if dst.suffix != ".safetensors":
         raise UsageError(f"{dst}: the output must end in .safetensors")
-    kind, config_path = convert_checkpoint(src, dst, fp16=fp16)
-    out.print(f"Wrote {dst} ({kind}) and {config_path}")
+    converted = convert_checkpoint(src, dst, fp16=fp16)
+    for path, what in zip(converted.files, (f"{converted.kind} weights", "their config", "further passes' U-Net")):
+        out.print(f"Wrote {path} ({what})", soft_wrap=True, highlight=False)
 
 
 # -- entry point: one table turns every expected error into one line and an exit code ---------

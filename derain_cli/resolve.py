@@ -1,27 +1,24 @@
 """Turn the model options (`--model`, `--unet`, `--daclip`, SDE flags) into a ready restorer.
 
 A manifest model brings its card; a checkpoint file brings the card in the JSON beside it
-(`NAME.json`), read by the same strict parser; a bare file gets the universal model's settings,
-which the SDE flags may change. The restorer is a pipeline, or a cascade where the card has passes.
+(`NAME.json`) or, without one, the config derain embedded in its safetensors metadata, read by the
+same strict parser; a bare file gets the universal model's settings, which the SDE flags may change.
+The restorer is a pipeline, or a cascade where the card has passes.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 from derain_cli.card import DEFAULT_SDE, CascadeCard, ModelCard, SDESettings, parse_card
 from derain_cli.cascade import Cascade
-from derain_cli.checkpoints import load_daclip, load_unet
+from derain_cli.checkpoints import CONFIG_ONLY_KEYS, load_daclip, load_unet, read_config
 from derain_cli.devices import resolve_device, resolve_precision
 from derain_cli.errors import CardError, DerainError, UsageError
 from derain_cli.pipeline import DerainPipeline, Restorer
 from derain_cli.weights import load_manifest, pick_auto_model, resolve_model, resolve_weights
-
-# Keys of a checkpoint's JSON that describe the file rather than how to run it.
-_CONFIG_ONLY_KEYS = frozenset({"unet", "daclip", "training"})
 
 
 @dataclass
@@ -61,20 +58,17 @@ class Loaded:
 
 
 def read_card(checkpoint: Path, flags: dict | None = None) -> ModelCard:
-    """The card in the JSON beside a checkpoint, or the universal settings (with SDE ``flags``) for a bare file."""
-    path = checkpoint.with_suffix(".json")
-    if not path.is_file():
+    """The card a checkpoint carries (see read_config), or the universal settings (with SDE ``flags``) for a bare file."""
+    data, where = read_config(checkpoint)
+    if data is None:
         return ModelCard(sde=SDESettings(**{**DEFAULT_SDE, **(flags or {})}))
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CardError(f"{path}: cannot read the config beside the checkpoint: {err}") from None
     if flags and isinstance(data, dict) and "sde" in data:
-        raise UsageError(f"--{'/--'.join(k.replace('_', '-') for k in flags)}: {path.name} beside the checkpoint "
+        what = f"{Path(where).name} beside the checkpoint" if where.endswith(".json") else where
+        raise UsageError(f"--{'/--'.join(k.replace('_', '-') for k in flags)}: {what} "
                          "sets the SDE; the flags are for a bare checkpoint file")
     if flags and isinstance(data, dict):
         data = {**data, "sde": {**DEFAULT_SDE, **flags}}
-    return parse_card(data, str(path), ignore=_CONFIG_ONLY_KEYS)
+    return parse_card(data, where, ignore=CONFIG_ONLY_KEYS)
 
 
 def _check_sampling(card: ModelCard, sampler: str | None, steps: int | None, fast: bool) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import warnings
@@ -31,7 +32,24 @@ from derain_cli.card import CARD_KEYS, ModelCard, check_keys, parse_card
 from derain_cli.errors import WeightsError
 
 MANIFEST_ENV = "DERAIN_MANIFEST"
-BUNDLED_MANIFEST = Path(__file__).with_name("weights_manifest.json")
+MANIFEST_NAME = "weights_manifest.json"
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def bundled_manifest(package_dir: Path = PACKAGE_DIR) -> Path:
+    """The manifest that ships with derain: the repository's top-level file, or the copy a build puts in the package.
+
+    A source checkout (editable install included) has the file beside ``pyproject.toml``; a wheel
+    carries the copy that setup.py's build step makes at ``derain_cli/weights_manifest.json``.
+    Either way its relative paths start at the folder that holds the ``derain_cli`` package.
+    """
+    source = package_dir.parent / MANIFEST_NAME
+    if source.is_file() and (package_dir.parent / "pyproject.toml").is_file():
+        return source
+    return package_dir / MANIFEST_NAME
+
+
+BUNDLED_MANIFEST = bundled_manifest()
 SCHEMA_VERSION = 1
 FORMATS = ("pickle", "safetensors")
 AUTO_MODEL = "universal"
@@ -125,6 +143,16 @@ class WeightsRow:
     sha256_pinned: bool
 
 
+@dataclass(frozen=True)
+class ModelRow:
+    """One model of `derain weights list`: the name `--model` takes, its weights and whether all are local."""
+
+    name: str
+    weights: tuple[str, ...]
+    cached: bool
+    description: str
+
+
 # ---------------------------------------------------------------------------------------------- manifest
 
 
@@ -144,6 +172,7 @@ def load_manifest(path: str | os.PathLike[str] | None = None) -> Manifest:
 
 def _parse_manifest(data: Any, path: Path) -> Manifest:
     """Build a Manifest from decoded JSON, raising WeightsError on the first schema violation."""
+    base = _paths_base(path)
     check_keys(data, str(path), required={"schema", "weights", "models"}, optional=set())
     if data["schema"] != SCHEMA_VERSION or isinstance(data["schema"], bool):
         raise WeightsError(
@@ -152,7 +181,7 @@ def _parse_manifest(data: Any, path: Path) -> Manifest:
     for section in ("weights", "models"):
         if not isinstance(data[section], dict):
             raise WeightsError(f"{path}: {section!r} must be a JSON object")
-    weights = {name: _parse_weights(name, raw, path) for name, raw in data["weights"].items()}
+    weights = {name: _parse_weights(name, raw, path, base) for name, raw in data["weights"].items()}
     models = {name: _parse_model(name, raw, path, weights) for name, raw in data["models"].items()}
     return Manifest(path=path, weights=MappingProxyType(weights), models=MappingProxyType(models))
 
@@ -162,8 +191,15 @@ _BUNDLED_KEYS = {"path", "format", "license"}
 _OPTIONAL_WEIGHTS_KEYS = {"sha256", "size"}
 
 
-def _parse_weights(name: str, raw: Any, manifest_path: Path) -> WeightsEntry:
-    """Validate one weights entry; a relative `path` is taken relative to the manifest's folder."""
+def _paths_base(manifest_path: Path) -> Path:
+    """Where a manifest's relative paths start: its folder, but the package's parent for the package's own copy."""
+    if manifest_path.resolve() == (PACKAGE_DIR / MANIFEST_NAME).resolve():
+        return PACKAGE_DIR.parent  # so the copy reads as the top-level file does
+    return manifest_path.parent
+
+
+def _parse_weights(name: str, raw: Any, manifest_path: Path, base: Path) -> WeightsEntry:
+    """Validate one weights entry; a relative `path` starts at ``base`` (the manifest's folder, see _paths_base)."""
     where = f"{manifest_path}: weights {name!r}"
     required = _BUNDLED_KEYS if isinstance(raw, dict) and "path" in raw else _HUB_KEYS
     check_keys(raw, where, required=required, optional=_OPTIONAL_WEIGHTS_KEYS)
@@ -178,7 +214,7 @@ def _parse_weights(name: str, raw: Any, manifest_path: Path) -> WeightsEntry:
     common = dict(name=name, format=raw["format"], license=raw["license"], sha256=sha256, size=size)
     if "path" in raw:
         file_path = Path(raw["path"]).expanduser()
-        file_path = file_path if file_path.is_absolute() else manifest_path.parent / file_path
+        file_path = file_path if file_path.is_absolute() else base / file_path
         return WeightsEntry(filename=file_path.name, path=file_path, **common)
     if not _HEX40.fullmatch(raw["revision"]):
         raise WeightsError(f"{where}: 'revision' must be a pinned 40-hex commit, got {raw['revision']!r}")
@@ -295,6 +331,29 @@ def list_entries(manifest: Manifest) -> list[WeightsRow]:
     return rows
 
 
+def list_models(manifest: Manifest) -> list[ModelRow]:
+    """Return one row per model: its name, the weights it needs and whether they are all available locally."""
+    return [ModelRow(name, tuple(model_weights(model)), _model_cached(manifest, name), model.card.description)
+            for name, model in manifest.models.items()]
+
+
+def local_weights(manifest: Manifest, name: str, wanted: str | None = None) -> Path:
+    """Return the verified local file of weights `name` without downloading; an error says how to get it.
+
+    ``wanted`` is what the user asked for (a model whose weights `name` are), named in the error's hint.
+    """
+    entry, hint = get_weights(manifest, name), f"run `derain weights download {wanted or name}`"
+    if entry.path is not None:
+        return _resolve_bundled(entry)
+    local = cached_path(entry)
+    if local is None:
+        raise WeightsError(f"{name}: not downloaded; {hint}")
+    problem = _check_file(entry, local, reuse_digest=True)
+    if problem is not None:
+        raise WeightsError(f"{name}: the cached file {local} is damaged ({problem}); {hint} to fetch it again")
+    return local
+
+
 def offline_mode(requested: bool = False) -> bool:
     """Whether downloads are off: `requested`, or HF_HUB_OFFLINE set now or when huggingface_hub was imported."""
     from_env = os.environ.get("HF_HUB_OFFLINE", "").upper() in _TRUE
@@ -395,11 +454,32 @@ def _progress_bars(enabled: bool) -> Iterator[None]:
         enable_progress_bars()
 
 
+@contextmanager
+def _hub_logs_once() -> Iterator[None]:
+    """Send huggingface_hub's messages (e.g. its retry warnings) only through the application's logging, if it has any.
+
+    huggingface_hub gives its logger a handler of its own and lets records propagate too, so where
+    the application has configured logging (the CLI does) every message would be printed twice.
+    """
+    hub = logging.getLogger("huggingface_hub")
+    own = list(hub.handlers)
+    if not (own and hub.propagate and logging.getLogger().handlers):
+        yield
+        return
+    for handler in own:
+        hub.removeHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in own:
+            hub.addHandler(handler)
+
+
 def _download(entry: WeightsEntry, *, progress: bool) -> Path:
     """Fetch one Hub entry into the Hugging Face cache (resuming broken transfers) and return its snapshot path."""
     where = f"{entry.name} ({entry.repo_id}/{entry.filename} @ {str(entry.revision)[:7]})"
     try:
-        with _progress_bars(progress):
+        with _progress_bars(progress), _hub_logs_once():
             found = hf_hub_download(entry.repo_id, entry.filename, revision=entry.revision)
     except LocalEntryNotFoundError as err:  # huggingface_hub's answer to a failed metadata request
         cause = err.__cause__ or err
