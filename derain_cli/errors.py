@@ -25,3 +25,7 @@ class WeightsError(DerainError):
 
 class CardError(WeightsError):
     """A model card (a manifest model entry or the JSON beside a checkpoint) is invalid."""
+
+
+class NonFiniteError(DerainError):
+    """A sampler run gave NaN or infinite values (an overflow, e.g. in half precision): nothing is written."""

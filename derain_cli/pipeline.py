@@ -8,8 +8,10 @@ One call is one sampler run; running a model again on its own output is the casc
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol, Union
+from typing import TYPE_CHECKING, Literal, Protocol, Sequence, Union
 
 import numpy as np
 import torch
@@ -19,7 +21,7 @@ from torch import Tensor
 from derain_cli.card import ENSEMBLE_SIZES, PREDICTIONS, SAMPLERS, ModelCard, SDESettings
 from derain_cli.devices import free_memory_bytes
 from derain_cli.ensemble import FlipEnsemble
-from derain_cli.errors import DerainError
+from derain_cli.errors import DerainError, NonFiniteError
 from derain_cli.sde import IRSDE, Sampler, StepCallback
 from derain_cli.tiling import TiledDenoiser, auto_tile_size
 from derain_cli.unet import ConditionalUNet
@@ -31,13 +33,17 @@ TileOption = Union[int, Literal["auto"], None]
 # Share of the free memory that automatic tiling may plan for (the rest is the state, the
 # model and the allocator's slack).
 MEMORY_BUDGET_SHARE = 0.5
+FP16_ON_CPU = "fp16 on the CPU is emulated and much slower than fp32 (use --precision fp32 or bf16)"
 
 
 @dataclass(frozen=True)
 class SampleOptions:
     """How to sample; ``None`` and ``"auto"`` mean the model's own choice (its card).
 
-    ``steps`` and ``sampler``: the card's defaults when None (steps: else the SDE's T). ``tile``:
+    ``steps`` and ``sampler``: the card's defaults when None (steps: else the SDE's T). ``seed``:
+    image ``i`` of a batch draws its noise from its own generator, seeded by ``image_seed(seed, i)``,
+    so a batch gives each image what restoring it alone with that seed gives; None: the global RNG.
+    ``tile``:
     ``"auto"`` is the card's tile size, else the largest tile that fits the free memory (halved on a
     CUDA out-of-memory error); a number of pixels; or None for the whole image. ``ensemble`` > 1
     averages every network call over that many mirror images (see ``derain_cli.ensemble``).
@@ -69,7 +75,20 @@ class Restorer(Protocol):
     dtype: torch.dtype
 
     def restore(self, lq: Tensor, options: SampleOptions | None = None,
-                callback: StepCallback | None = None) -> Tensor: ...
+                callback: StepCallback | None = None, image_indices: Sequence[int] | None = None) -> Tensor: ...
+
+
+def image_seed(seed: int, index: int) -> int:
+    """The noise seed of image ``index`` of a batch: ``seed`` itself for the first, a hash of both otherwise."""
+    if index == 0:
+        return seed
+    digest = hashlib.sha256(f"derain image seed {seed} {index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1  # 63 bits: a valid torch seed
+
+
+def image_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per image, seeded by ``image_seed(seed, index)`` (device-independent noise)."""
+    return [torch.Generator("cpu").manual_seed(image_seed(seed, index)) for index in indices]
 
 
 def conditioning_of(config: dict) -> tuple:
@@ -102,6 +121,8 @@ class DerainPipeline:
         self.daclip = daclip.to(self.device).eval() if daclip is not None else None
         if self.needs_daclip and self.daclip is None:
             raise DerainError("this U-Net is conditioned on DA-CLIP embeddings: give the DA-CLIP weights too")
+        if self.device.type == "cpu" and dtype == torch.float16:
+            warnings.warn(FP16_ON_CPU, stacklevel=2)
 
     @property
     def prediction(self) -> str:
@@ -152,8 +173,13 @@ class DerainPipeline:
 
     @torch.no_grad()
     def restore(self, lq: Tensor, options: SampleOptions | None = None,
-                callback: StepCallback | None = None) -> Tensor:
-        """One sampler run on a [B, 3, H, W] batch in 0..1; returns the clean estimate clamped to 0..1."""
+                callback: StepCallback | None = None, image_indices: Sequence[int] | None = None) -> Tensor:
+        """One sampler run on a [B, 3, H, W] batch in 0..1; returns the clean estimate clamped to 0..1.
+
+        ``image_indices``: each image's position in the batch it came from, which picks its noise seed
+        (default 0..B-1; a cascade's further pass on some images of a batch passes theirs). Raises
+        NonFiniteError when the sampler's result holds NaN or infinite values.
+        """
         if lq.dim() != 4 or lq.shape[1] != 3:
             raise ValueError(f"expected a [B, 3, H, W] tensor, got shape {tuple(lq.shape)}")
         options = options or SampleOptions()
@@ -166,12 +192,17 @@ class DerainPipeline:
             denoiser = TiledDenoiser(denoiser, tile, options.tile_overlap, shrink_on_oom=options.tile == "auto")
         if options.ensemble > 1:
             denoiser = FlipEnsemble(denoiser, options.ensemble)
-        generator = None
+        generators = None
         if options.seed is not None:
-            generator = torch.Generator("cpu").manual_seed(options.seed)
-        out = self.sde.sample(denoiser, lq, steps=options.steps or self.card.steps,
-                              sampler=options.sampler or self.card.sampler, generator=generator,
+            indices = range(len(lq)) if image_indices is None else image_indices
+            generators = image_generators(options.seed, indices)
+        steps, sampler = options.steps or self.card.steps, options.sampler or self.card.sampler
+        out = self.sde.sample(denoiser, lq, steps=steps, sampler=sampler, generator=generators,
                               callback=callback, prediction=self.prediction, **context)
+        if not torch.isfinite(out).all():
+            precision = str(self.dtype).removeprefix("torch.")
+            raise NonFiniteError(f"the {sampler} sampler at {steps or self.sde.T} step(s) in {precision} gave NaN or "
+                                 "infinite values; try --precision fp32 or another --steps/--sampler")
         return out.clamp(0, 1)
 
     def __call__(self, image: Image.Image | Tensor, options: SampleOptions | None = None,

@@ -74,6 +74,7 @@ def test_the_bundled_model_removes_rain_from_an_example(empty_hub_cache):
     assert after > before + MIN_GAIN_DB, (before, after)
 
 
+@pytest.mark.filterwarnings("ignore:fp16 on the CPU")  # slow there, and warned about: still exact
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_the_bundled_model_in_half_precision_gives_its_fp32_output(empty_hub_cache, precision):
     # Autocast as on a GPU (fp16 is `--precision auto` there). With the reference's half-precision
