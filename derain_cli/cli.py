@@ -65,6 +65,7 @@ class ModelArgs:
     schedule: Annotated[Optional[ScheduleChoice], typer.Option("--schedule", help="SDE schedule, only for a bare --unet file.")] = None
     eps: Annotated[Optional[float], typer.Option("--eps", help="SDE end-point tolerance, only for a bare --unet file.")] = None
     offline: OfflineOpt = False
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads for torch (default: torch's, at most the CPUs this process may use); 1 next to a busy process.")] = None
 
     def pass_count(self) -> int | None:
         """--passes as a number, or None for the model's own."""
@@ -135,10 +136,12 @@ def _plain(value: Any) -> Any:
 
 def _load(args: ModelArgs, sampling: SamplingArgs, quiet: bool):
     """Check the sampling options against the model's card, build the restorer, say which model runs."""
+    from derain_cli.devices import set_threads
     from derain_cli.resolve import ModelSpec, load
 
     if args.daclip is not None and args.unet is None:
         raise UsageError("--daclip needs --unet (a model from the manifest brings its own)")
+    set_threads(args.threads)  # before any model work: torch fixes its thread pools on first use
     spec = ModelSpec(model=args.model, manifest=args.manifest, unet=args.unet, daclip=args.daclip,
                      max_sigma=args.max_sigma, schedule=args.schedule, eps=args.eps, offline=args.offline)
     options = sampling.options()
