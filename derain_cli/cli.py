@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator, Optional
+from typing import Annotated, Any, Callable, Iterator, Optional, get_args
 
 import typer
 from rich.console import Console
@@ -31,9 +31,10 @@ def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
 SamplerChoice, ScheduleChoice = _choices("Sampler", SAMPLERS), _choices("Schedule", SCHEDULES)
 PrecisionChoice = _choices("Precision", ("auto", *PRECISIONS))
 
+HELP_OPTIONS = ["-h", "--help"]
 app = typer.Typer(help="Remove rain from photographs with IR-SDE diffusion and DA-CLIP.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
-                  context_settings={"help_option_names": ["-h", "--help"]})
+                  context_settings={"help_option_names": HELP_OPTIONS, "show_default": True})
 weights_app = typer.Typer(help="List, download, verify and convert model weights.", no_args_is_help=True)
 app.add_typer(weights_app, name="weights")
 
@@ -54,13 +55,13 @@ QualityOpt = Annotated[Optional[int], typer.Option("--quality", min=1, max=100, 
 class ModelArgs:
     """Which model to run, where and how precisely."""
 
-    model: Annotated[str, typer.Option("--model", "-m", help="Model from the manifest; auto = universal if cached, else the bundled one.")] = "auto"
+    model: Annotated[str, typer.Option("--model", "-m", metavar="NAME", help="Model from the manifest; auto = universal if cached, else the bundled one.")] = "auto"
     manifest: ManifestOpt = None
     unet: Annotated[Optional[Path], typer.Option("--unet", help="U-Net checkpoint file (.pth/.pt/.safetensors); overrides --model.")] = None
     daclip: Annotated[Optional[Path], typer.Option("--daclip", help="DA-CLIP checkpoint file, for a U-Net given with --unet.")] = None
     device: DeviceOpt = "auto"
     precision: Annotated[PrecisionChoice, typer.Option("--precision", help="auto: the model's, else fp16 on CUDA and fp32 elsewhere.")] = "auto"
-    passes: Annotated[str, typer.Option("--passes", help="Runs of the model on its own output: auto (the model's; the bundled one runs again on heavy rain only) or N for every image.")] = "auto"
+    passes: Annotated[str, typer.Option("--passes", metavar="N|auto", help="Runs of the model on its own output: auto (the model's; the bundled one runs again on heavy rain only) or N for every image.")] = "auto"
     max_sigma: Annotated[Optional[float], typer.Option("--max-sigma", help="SDE noise level (0-255 scale), only for a bare --unet file.")] = None
     schedule: Annotated[Optional[ScheduleChoice], typer.Option("--schedule", help="SDE schedule, only for a bare --unet file.")] = None
     eps: Annotated[Optional[float], typer.Option("--eps", help="SDE end-point tolerance, only for a bare --unet file.")] = None
@@ -83,9 +84,9 @@ class SamplingArgs:
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Sampler steps (default: the model's).")] = None
     sampler: Annotated[Optional[SamplerChoice], typer.Option("--sampler", help="Default: the model's (posterior for the published ones).")] = None
     seed: SeedOpt = 0
-    tile: Annotated[str, typer.Option("--tile", help="Tile size in pixels, auto (the model's, else the largest that fits free memory) or 0 (no tiling).")] = "auto"
+    tile: Annotated[str, typer.Option("--tile", metavar="PX|auto|0", help="Tile size in pixels, auto (the model's, else the largest that fits free memory) or 0 (no tiling).")] = "auto"
     tile_overlap: Annotated[int, typer.Option("--tile-overlap", min=0, help="Overlap of neighbouring tiles in pixels.")] = 32
-    ensemble: Annotated[int, typer.Option("--ensemble", help="Average each network call over 1, 2 (+ left-right mirror) or 4 (+ upside-down, both) mirror images; N times slower.")] = 1
+    ensemble: Annotated[int, typer.Option("--ensemble", metavar="1|2|4", help="Average each network call over 1, 2 (+ left-right mirror) or 4 (+ upside-down, both) mirror images; N times slower.")] = 1
 
     def options(self):
         """The library's SampleOptions (None and auto: the model's own choice)."""
@@ -516,6 +517,48 @@ def weights_convert(
     out.print(f"Wrote {dst} ({kind}) and {config_path}")
 
 
+# -- help: plain placeholders (PATH, N, TEXT, a|b), none for flags, arguments in capitals --------
+
+_TYPE_LABELS = {Path: "PATH", int: "N", float: "X", str: "TEXT"}
+
+
+def _type_label(param: Any) -> str:
+    """The placeholder help shows for a parameter's value ("" for a flag, which takes none)."""
+    if getattr(param, "is_flag", False):
+        return ""
+    described = param.type_descriptor
+    if described.is_choice:
+        return "|".join(str(_plain(choice)) for choice in described.choices)
+    kind = get_args(described.annotation)[0] if described.is_list else described.annotation
+    return _TYPE_LABELS.get(kind, getattr(kind, "__name__", "VALUE").upper())
+
+
+def _argument_usage(param: Any) -> Callable[[], str]:
+    """An argument's name on the usage line: IN_DIR (required), [NAMES]... (optional, repeatable)."""
+    name = param.name.upper()
+    name = name if param.required else f"[{name}]"
+    return lambda: name + ("..." if param.nargs != 1 else "")
+
+
+def readable_help(command: Any) -> Any:
+    """Give every parameter of ``command`` and its sub-commands a plain placeholder in --help.
+
+    Typer labels values with Python types (``<bool>`` for a flag, ``<list[Path]>``) and required
+    arguments with braces (``{rainy}``); options with their own ``metavar`` keep it.
+    """
+    help_option = command.get_help_option(command.context_class(command, help_option_names=HELP_OPTIONS))
+    for param in [*command.params, *filter(None, [help_option])]:
+        label = _type_label(param)
+        if param.param_type_name == "argument":
+            param.display_type_rich = lambda ctx, label=label: label
+            param._usage_display_name = _argument_usage(param)
+        elif param.metavar is None:
+            param.metavar = label
+    for sub in getattr(command, "commands", {}).values():
+        readable_help(sub)
+    return command
+
+
 # -- entry point: one table turns every expected error into one line and an exit code ---------
 
 def _kinds(error: BaseException) -> set[str]:
@@ -557,13 +600,14 @@ def main() -> None:
 
     debug = "--debug" in sys.argv[1:] or os.environ.get("DERAIN_DEBUG", "").lower() in ("1", "true", "yes")
     args = [a for a in sys.argv[1:] if a != "--debug"]  # --debug is welcome anywhere on the line
-    from derain_cli.devices import keep_freed_memory
+    from derain_cli.allocator import keep_freed_memory  # not derain_cli.devices: --help must not import torch
 
     warnings.showwarning = _show_warning
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")  # e.g. alpha dropped for JPEG
     keep_freed_memory()
     try:
-        code = app(args=args, prog_name="derain", standalone_mode=False)
+        command = readable_help(typer.main.get_command(app))
+        code = command(args=args, prog_name="derain", standalone_mode=False)
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
