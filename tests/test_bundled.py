@@ -125,3 +125,14 @@ def test_rain100l_clean_images_are_rain100h_clean_images(shared_data):
         light = read_rgb8(shared_data / "rain100l" / "GT" / name)
         crops = [heavy[dy:dy + light.shape[0], dx:dx + light.shape[1]] for dy in (0, 1) for dx in (0, 1)]
         assert any(np.array_equal(c, light) for c in crops), name
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4])
+def test_the_bundled_model_does_not_turn_tiny_images_black(empty_hub_cache, size):
+    # They were edge-padded to the U-Net's multiple (16) with their own noise repeated, and the
+    # model turned a 4x4 crop of the cat black (mean 0.007 for an input of 0.46).
+    rainy = read_rgb8(EXAMPLES / "rainy" / "cat.png")[100:100 + size, 100:100 + size]
+    image = torch.from_numpy(np.ascontiguousarray(rainy)).permute(2, 0, 1)[None].float() / 255
+    out = load(ModelSpec(model="compact"), device="cpu").restorer.restore(image)
+    assert out.shape == image.shape
+    assert abs(float(out.mean() - image.mean())) < 0.15, (float(out.mean()), float(image.mean()))

@@ -283,3 +283,26 @@ def test_a_non_finite_sampler_result_is_a_derain_error_naming_the_sampler_and_st
 def test_fp16_on_the_cpu_warns_that_it_is_slow(plain_unet_file):
     with pytest.warns(UserWarning, match="fp16 on the CPU"):
         DerainPipeline(load_unet(plain_unet_file), IRSDE(**TINY_SDE), dtype=torch.float16)
+
+
+def test_images_with_a_side_below_the_minimum_are_sampled_edge_padded_and_cropped_back(plain):
+    lq = torch.rand(1, 3, 3, 20, generator=torch.Generator().manual_seed(6))
+    side = plain.min_side
+    assert side == 2 ** (plain.unet.depth + 1)
+    padded = torch.nn.functional.pad(lq, (0, 0, 0, side - 3), mode="replicate")
+    torch.testing.assert_close(plain.restore(lq, FEW), plain.restore(padded, FEW)[..., :3, :], atol=1e-6, rtol=0)
+
+
+def test_a_model_working_in_tiles_warns_about_images_many_tiles_wide(plain_unet_file):
+    import warnings
+
+    from derain_cli.pipeline import LARGE_IMAGE_TILES
+
+    card = ModelCard(sde=SDESettings(**TINY_SDE), tile=64)
+    pipeline = DerainPipeline(load_unet(plain_unet_file), card=card)
+    options = SampleOptions(steps=1, tile=None)
+    with pytest.warns(UserWarning, match=f"{LARGE_IMAGE_TILES * 64 + 16}x16 is more than"):
+        pipeline.restore(torch.rand(1, 3, 16, LARGE_IMAGE_TILES * 64 + 16), options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipeline.restore(torch.rand(1, 3, 16, LARGE_IMAGE_TILES * 64), options)
