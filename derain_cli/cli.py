@@ -283,21 +283,23 @@ def bench(
     quiet: QuietOpt = False,
 ) -> None:
     """Restore paired images and score PSNR / SSIM on RGB and on Y (BT.601), MATLAB-style."""
-    from derain_cli.bench import run_bench
+    from derain_cli.bench import restorer_settings, run_bench
 
     for folder in (in_dir, gt):
         if not folder.is_dir():
             raise DerainError(f"{folder}: not a folder")
-    restorer, options, device_name = None, None, "n/a (score only)"
+    restorer, options, description = None, None, None
     if not score_only:
         loaded, options = _load(model, sampling, quiet)
-        restorer, device_name = loaded.restorer, str(loaded.restorer.device)
+        restorer, description = loaded.restorer, loaded.description
+    settings = restorer_settings(restorer, description, options)
+    device_name = settings["device"]
     with _progress(quiet) as progress:
         images = progress.add_task("images", total=None) if progress else None
         result = run_bench(in_dir, gt, restorer, options, output, crop_border, grid, not no_lpips,
                            on_image=lambda row: progress.advance(images) if progress else None,
                            callback=_step_callback(progress))
-    result.settings["device"] = device_name
+    result.settings.update(settings)
     table = Table(title=f"{len(result.images)} image(s), crop_border={crop_border}, device {device_name}")
     for name in ("image", *result.columns):
         table.add_column(name, justify="left" if name == "image" else "right")
