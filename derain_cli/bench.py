@@ -105,14 +105,42 @@ def load_lpips() -> tuple[Callable | None, str | None]:
     return score, None
 
 
-def _grid(strip: list[np.ndarray], path: Path) -> None:
-    """Save input | output | ground truth side by side as one PNG."""
-    from PIL import Image
+def restorer_settings(restorer: Restorer | None, description: str | None, options: SampleOptions | None) -> dict:
+    """What a bench's numbers depend on: model, sampling (the model's defaults spelled out), device, version."""
+    from derain_cli import __version__
 
-    gap = np.full((strip[0].shape[0], 4, 3), 255, dtype=np.uint8)
-    row = np.concatenate([strip[0], gap, strip[1], gap, strip[2]], axis=1)
+    if restorer is None:
+        return {"model": None, "device": "n/a (score only)", "derain_version": __version__}
+    options = options or SampleOptions()
+    card = restorer.card
+    cascade = getattr(restorer, "cascade", None)
+    tile = options.tile if options.tile != "auto" else (card.tile if card.tile is not None else "auto (free memory)")
+    return {"model": description, "steps": options.steps or card.steps or card.sde.T,
+            "sampler": options.sampler or card.sampler, "seed": options.seed,
+            "passes": cascade.passes if cascade is not None else 1,
+            "repeat_above": list(cascade.repeat_above) if cascade is not None and cascade.repeat_above else None,
+            "precision": str(restorer.dtype).removeprefix("torch."), "device": str(restorer.device),
+            "tile": tile, "tile_overlap": options.tile_overlap, "ensemble": options.ensemble,
+            "derain_version": __version__}
+
+
+def _grid(strip: list[np.ndarray], labels: list[str], path: Path) -> None:
+    """Save input | output | ground truth side by side as one PNG, each under its label (PIL's default font)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    line = max(font.getbbox(text)[3] for label in labels for text in label.splitlines()) + 2
+    band = line * max(len(label.splitlines()) for label in labels) + 4
+    gap = 4
+    height, width = strip[0].shape[0], strip[0].shape[1]
+    canvas = Image.new("RGB", (3 * width + 2 * gap, band + height), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, (panel, label) in enumerate(zip(strip, labels)):
+        left = i * (width + gap)
+        canvas.paste(Image.fromarray(panel), (left, band))
+        draw.multiline_text((left + 2, 2), label, fill="black", font=font, spacing=2)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(row).save(path)
+    canvas.save(path)
 
 
 def check_pair_sizes(pairs: list[tuple[Path, Path]]) -> None:
@@ -160,7 +188,10 @@ def run_bench(in_dir: Path, gt_dir: Path, pipeline: Restorer | None, options: Sa
         if lpips_fn is not None:
             row["lpips"] = lpips_fn(output, truth)
         if grid_dir is not None:
-            _grid([to_uint8(image.rgb), output, truth], grid_dir / f"{src.stem}.png")
+            rainy = to_uint8(image.rgb)
+            before = score_pair(rainy, truth, crop_border)["psnr_y"]
+            labels = [f"input\nPSNR_Y {before:.2f} dB", f"output\nPSNR_Y {row['psnr_y']:.2f} dB", "ground truth"]
+            _grid([rainy, output, truth], labels, grid_dir / f"{src.stem}.png")
         report.images.append(row)
         if on_image is not None:
             on_image(row)

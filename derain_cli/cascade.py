@@ -9,6 +9,8 @@ The bundled `compact` model is such a cascade, with a second U-Net for the furth
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import Tensor
 
@@ -50,9 +52,14 @@ class Cascade:
 
     @torch.no_grad()
     def restore(self, lq: Tensor, options: SampleOptions | None = None,
-                callback: StepCallback | None = None) -> Tensor:
-        """Restore a [B, 3, H, W] batch in 0..1 with up to ``passes`` runs; clamped to 0..1."""
-        out = self.first.restore(lq, options, callback)
+                callback: StepCallback | None = None, image_indices: Sequence[int] | None = None) -> Tensor:
+        """Restore a [B, 3, H, W] batch in 0..1 with up to ``passes`` runs; clamped to 0..1.
+
+        Every pass draws an image's noise from the seed of its position (``image_indices``, default
+        0..B-1), so an image's result does not depend on the other images of the batch.
+        """
+        positions = list(range(len(lq)) if image_indices is None else image_indices)
+        out = self.first.restore(lq, options, callback, image_indices=positions)
         lq = lq.to(out.device, torch.float32)
         for done in range(1, self.cascade.passes):
             saved = torch.round(out * 255.0) / 255.0
@@ -63,7 +70,8 @@ class Cascade:
             if not again.any():
                 break
             out = out.clone()
-            out[again] = self.further.restore(saved[again], options, callback)
+            indices = [positions[i] for i in again.nonzero().flatten().tolist()]
+            out[again] = self.further.restore(saved[again], options, callback, image_indices=indices)
             lq = saved
         return out
 

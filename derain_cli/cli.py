@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator, Optional
+from typing import Annotated, Any, Callable, Iterator, Optional, get_args
 
 import typer
 from rich.console import Console
@@ -31,9 +31,10 @@ def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
 SamplerChoice, ScheduleChoice = _choices("Sampler", SAMPLERS), _choices("Schedule", SCHEDULES)
 PrecisionChoice = _choices("Precision", ("auto", *PRECISIONS))
 
+HELP_OPTIONS = ["-h", "--help"]
 app = typer.Typer(help="Remove rain from photographs with IR-SDE diffusion and DA-CLIP.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
-                  context_settings={"help_option_names": ["-h", "--help"]})
+                  context_settings={"help_option_names": HELP_OPTIONS, "show_default": True})
 weights_app = typer.Typer(help="List, download, verify and convert model weights.", no_args_is_help=True)
 app.add_typer(weights_app, name="weights")
 
@@ -54,17 +55,18 @@ QualityOpt = Annotated[Optional[int], typer.Option("--quality", min=1, max=100, 
 class ModelArgs:
     """Which model to run, where and how precisely."""
 
-    model: Annotated[str, typer.Option("--model", "-m", help="Model from the manifest; auto = universal if cached, else the bundled one.")] = "auto"
+    model: Annotated[str, typer.Option("--model", "-m", metavar="NAME", help="Model from the manifest; auto = universal if cached, else the bundled one.")] = "auto"
     manifest: ManifestOpt = None
     unet: Annotated[Optional[Path], typer.Option("--unet", help="U-Net checkpoint file (.pth/.pt/.safetensors); overrides --model.")] = None
     daclip: Annotated[Optional[Path], typer.Option("--daclip", help="DA-CLIP checkpoint file, for a U-Net given with --unet.")] = None
     device: DeviceOpt = "auto"
     precision: Annotated[PrecisionChoice, typer.Option("--precision", help="auto: the model's, else fp16 on CUDA and fp32 elsewhere.")] = "auto"
-    passes: Annotated[str, typer.Option("--passes", help="Runs of the model on its own output: auto (the model's; the bundled one runs again on heavy rain only) or N for every image.")] = "auto"
+    passes: Annotated[str, typer.Option("--passes", metavar="N|auto", help="Runs of the model on its own output: auto (the model's; the bundled one runs again on heavy rain only) or N for every image.")] = "auto"
     max_sigma: Annotated[Optional[float], typer.Option("--max-sigma", help="SDE noise level (0-255 scale), only for a bare --unet file.")] = None
     schedule: Annotated[Optional[ScheduleChoice], typer.Option("--schedule", help="SDE schedule, only for a bare --unet file.")] = None
     eps: Annotated[Optional[float], typer.Option("--eps", help="SDE end-point tolerance, only for a bare --unet file.")] = None
     offline: OfflineOpt = False
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads for torch (default: torch's, at most the CPUs this process may use); 1 next to a busy process.")] = None
 
     def pass_count(self) -> int | None:
         """--passes as a number, or None for the model's own."""
@@ -82,9 +84,9 @@ class SamplingArgs:
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Sampler steps (default: the model's).")] = None
     sampler: Annotated[Optional[SamplerChoice], typer.Option("--sampler", help="Default: the model's (posterior for the published ones).")] = None
     seed: SeedOpt = 0
-    tile: Annotated[str, typer.Option("--tile", help="Tile size in pixels, auto (the model's, else the largest that fits free memory) or 0 (no tiling).")] = "auto"
+    tile: Annotated[str, typer.Option("--tile", metavar="PX|auto|0", help="Tile size in pixels, auto (the model's, else the largest that fits free memory) or 0 (no tiling).")] = "auto"
     tile_overlap: Annotated[int, typer.Option("--tile-overlap", min=0, help="Overlap of neighbouring tiles in pixels.")] = 32
-    ensemble: Annotated[int, typer.Option("--ensemble", help="Average each network call over 1, 2 (+ left-right mirror) or 4 (+ upside-down, both) mirror images; N times slower.")] = 1
+    ensemble: Annotated[int, typer.Option("--ensemble", metavar="1|2|4", help="Average each network call over 1, 2 (+ left-right mirror) or 4 (+ upside-down, both) mirror images; N times slower.")] = 1
     fast: Annotated[bool, typer.Option("--fast", help=f"The model's fast path: MaRS at {FAST_CALLS} network calls for the published models (their default is 100 posterior steps).")] = False
     mr: Annotated[Optional[list[str]], typer.Option("--mr", help="A MaRS setting KEY=VALUE (repeatable), for --sampler mr or --fast: solver=ode|sde, parameterization=data|noise, order=1|2, lambda_min=-5, time_schedule=linspace|linear-lambda, thresholding=true, denoise_last=true.")] = None
 
@@ -170,10 +172,12 @@ def _plain(value: Any) -> Any:
 
 def _load(args: ModelArgs, sampling: SamplingArgs, quiet: bool):
     """Check the sampling options against the model's card, build the restorer, say which model runs."""
+    from derain_cli.devices import set_threads
     from derain_cli.resolve import ModelSpec, load
 
     if args.daclip is not None and args.unet is None:
         raise UsageError("--daclip needs --unet (a model from the manifest brings its own)")
+    set_threads(args.threads)  # before any model work: torch fixes its thread pools on first use
     spec = ModelSpec(model=args.model, manifest=args.manifest, unet=args.unet, daclip=args.daclip,
                      max_sigma=args.max_sigma, schedule=args.schedule, eps=args.eps, offline=args.offline)
     options = sampling.options()
@@ -353,21 +357,23 @@ def bench(
     quiet: QuietOpt = False,
 ) -> None:
     """Restore paired images and score PSNR / SSIM on RGB and on Y (BT.601), MATLAB-style."""
-    from derain_cli.bench import run_bench
+    from derain_cli.bench import restorer_settings, run_bench
 
     for folder in (in_dir, gt):
         if not folder.is_dir():
             raise DerainError(f"{folder}: not a folder")
-    restorer, options, device_name = None, None, "n/a (score only)"
+    restorer, options, description = None, None, None
     if not score_only:
         loaded, options = _load(model, sampling, quiet)
-        restorer, device_name = loaded.restorer, str(loaded.restorer.device)
+        restorer, description = loaded.restorer, loaded.description
+    settings = restorer_settings(restorer, description, options)
+    device_name = settings["device"]
     with _progress(quiet) as progress:
         images = progress.add_task("images", total=None) if progress else None
         result = run_bench(in_dir, gt, restorer, options, output, crop_border, grid, not no_lpips,
                            on_image=lambda row: progress.advance(images) if progress else None,
                            callback=_step_callback(progress))
-    result.settings["device"] = device_name
+    result.settings.update(settings)
     table = Table(title=f"{len(result.images)} image(s), crop_border={crop_border}, device {device_name}")
     for name in ("image", *result.columns):
         table.add_column(name, justify="left" if name == "image" else "right")
@@ -611,6 +617,48 @@ def weights_convert(
         out.print(f"Wrote {path} ({what})", soft_wrap=True, highlight=False)
 
 
+# -- help: plain placeholders (PATH, N, TEXT, a|b), none for flags, arguments in capitals --------
+
+_TYPE_LABELS = {Path: "PATH", int: "N", float: "X", str: "TEXT"}
+
+
+def _type_label(param: Any) -> str:
+    """The placeholder help shows for a parameter's value ("" for a flag, which takes none)."""
+    if getattr(param, "is_flag", False):
+        return ""
+    described = param.type_descriptor
+    if described.is_choice:
+        return "|".join(str(_plain(choice)) for choice in described.choices)
+    kind = get_args(described.annotation)[0] if described.is_list else described.annotation
+    return _TYPE_LABELS.get(kind, getattr(kind, "__name__", "VALUE").upper())
+
+
+def _argument_usage(param: Any) -> Callable[[], str]:
+    """An argument's name on the usage line: IN_DIR (required), [NAMES]... (optional, repeatable)."""
+    name = param.name.upper()
+    name = name if param.required else f"[{name}]"
+    return lambda: name + ("..." if param.nargs != 1 else "")
+
+
+def readable_help(command: Any) -> Any:
+    """Give every parameter of ``command`` and its sub-commands a plain placeholder in --help.
+
+    Typer labels values with Python types (``<bool>`` for a flag, ``<list[Path]>``) and required
+    arguments with braces (``{rainy}``); options with their own ``metavar`` keep it.
+    """
+    help_option = command.get_help_option(command.context_class(command, help_option_names=HELP_OPTIONS))
+    for param in [*command.params, *filter(None, [help_option])]:
+        label = _type_label(param)
+        if param.param_type_name == "argument":
+            param.display_type_rich = lambda ctx, label=label: label
+            param._usage_display_name = _argument_usage(param)
+        elif param.metavar is None:
+            param.metavar = label
+    for sub in getattr(command, "commands", {}).values():
+        readable_help(sub)
+    return command
+
+
 # -- entry point: one table turns every expected error into one line and an exit code ---------
 
 def _kinds(error: BaseException) -> set[str]:
@@ -652,13 +700,14 @@ def main() -> None:
 
     debug = "--debug" in sys.argv[1:] or os.environ.get("DERAIN_DEBUG", "").lower() in ("1", "true", "yes")
     args = [a for a in sys.argv[1:] if a != "--debug"]  # --debug is welcome anywhere on the line
-    from derain_cli.devices import keep_freed_memory
+    from derain_cli.allocator import keep_freed_memory  # not derain_cli.devices: --help must not import torch
 
     warnings.showwarning = _show_warning
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")  # e.g. alpha dropped for JPEG
     keep_freed_memory()
     try:
-        code = app(args=args, prog_name="derain", standalone_mode=False)
+        command = readable_help(typer.main.get_command(app))
+        code = command(args=args, prog_name="derain", standalone_mode=False)
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)

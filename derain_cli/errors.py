@@ -28,4 +28,4 @@ class CardError(WeightsError):
 
 
 class NonFiniteError(DerainError):
-    """A sampler produced non-finite values: that image fails, and no file is written."""
+    """A sampler run gave NaN or infinite values (an overflow, e.g. in half precision): nothing is written."""

@@ -181,7 +181,8 @@ def iter_batch(pipeline: DerainPipeline, jobs: Iterable[Job], options: SampleOpt
             derain_file(pipeline, job.src, job.dst, options, quality, callback)
             result = JobResult(str(job.src), str(job.dst), "ok", time.perf_counter() - start)
         except per_image_errors() as err:
-            message = str(err) if isinstance(err, DerainError) else f"{job.src}: {type(err).__name__}: {err}"
+            message = str(err) if isinstance(err, DerainError) else f"{type(err).__name__}: {err}"
+            message = message if str(job.src) in message else f"{job.src}: {message}"
             result = JobResult(str(job.src), str(job.dst), "failed", time.perf_counter() - start, message)
         yield result
 

@@ -8,18 +8,21 @@ One call is one sampler run; running a model again on its own output is the casc
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol, Union
+from typing import TYPE_CHECKING, Literal, Protocol, Sequence, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
 from derain_cli.card import ENSEMBLE_SIZES, PREDICTIONS, SAMPLERS, ModelCard, SDESettings
 from derain_cli.devices import free_memory_bytes
 from derain_cli.ensemble import FlipEnsemble
-from derain_cli.errors import DerainError
+from derain_cli.errors import DerainError, NonFiniteError
 from derain_cli.mars import MarsOptions
 from derain_cli.sde import IRSDE, Sampler, StepCallback
 from derain_cli.tiling import TiledDenoiser, auto_tile_size
@@ -32,13 +35,21 @@ TileOption = Union[int, Literal["auto"], None]
 # Share of the free memory that automatic tiling may plan for (the rest is the state, the
 # model and the allocator's slack).
 MEMORY_BUDGET_SHARE = 0.5
+# An image whose longer side exceeds this many of the model's own tiles has rain streaks far wider
+# than the crops such a model was trained on: measured with `compact` (128-px tiles) on the cat
+# example scaled up 3x and 6x, a pass changed it by 22 and 10 (0-255 scale) against 33 at its size.
+LARGE_IMAGE_TILES = 8
+FP16_ON_CPU = "fp16 on the CPU is emulated and much slower than fp32 (use --precision fp32 or bf16)"
 
 
 @dataclass(frozen=True)
 class SampleOptions:
     """How to sample; ``None`` and ``"auto"`` mean the model's own choice (its card).
 
-    ``steps`` and ``sampler``: the card's defaults when None (steps: else the SDE's T). ``tile``:
+    ``steps`` and ``sampler``: the card's defaults when None (steps: else the SDE's T). ``seed``:
+    image ``i`` of a batch draws its noise from its own generator, seeded by ``image_seed(seed, i)``,
+    so a batch gives each image what restoring it alone with that seed gives; None: the global RNG.
+    ``tile``:
     ``"auto"`` is the card's tile size, else the largest tile that fits the free memory (halved on a
     CUDA out-of-memory error); a number of pixels; or None for the whole image. ``ensemble`` > 1
     averages every network call over that many mirror images (see ``derain_cli.ensemble``).
@@ -77,7 +88,20 @@ class Restorer(Protocol):
     dtype: torch.dtype
 
     def restore(self, lq: Tensor, options: SampleOptions | None = None,
-                callback: StepCallback | None = None) -> Tensor: ...
+                callback: StepCallback | None = None, image_indices: Sequence[int] | None = None) -> Tensor: ...
+
+
+def image_seed(seed: int, index: int) -> int:
+    """The noise seed of image ``index`` of a batch: ``seed`` itself for the first, a hash of both otherwise."""
+    if index == 0:
+        return seed
+    digest = hashlib.sha256(f"derain image seed {seed} {index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1  # 63 bits: a valid torch seed
+
+
+def image_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per image, seeded by ``image_seed(seed, index)`` (device-independent noise)."""
+    return [torch.Generator("cpu").manual_seed(image_seed(seed, index)) for index in indices]
 
 
 def conditioning_of(config: dict) -> tuple:
@@ -110,6 +134,8 @@ class DerainPipeline:
         self.daclip = daclip.to(self.device).eval() if daclip is not None else None
         if self.needs_daclip and self.daclip is None:
             raise DerainError("this U-Net is conditioned on DA-CLIP embeddings: give the DA-CLIP weights too")
+        if self.device.type == "cpu" and dtype == torch.float16:
+            warnings.warn(FP16_ON_CPU, stacklevel=2)
 
     @property
     def prediction(self) -> str:
@@ -160,8 +186,14 @@ class DerainPipeline:
 
     @torch.no_grad()
     def restore(self, lq: Tensor, options: SampleOptions | None = None,
-                callback: StepCallback | None = None) -> Tensor:
-        """One sampler run on a [B, 3, H, W] batch in 0..1; returns the clean estimate clamped to 0..1."""
+                callback: StepCallback | None = None, image_indices: Sequence[int] | None = None) -> Tensor:
+        """One sampler run on a [B, 3, H, W] batch in 0..1; returns the clean estimate clamped to 0..1.
+
+        ``image_indices``: each image's position in the batch it came from, which picks its noise seed
+        (default 0..B-1; a cascade's further pass on some images of a batch passes theirs). Images
+        with a side below ``min_side`` are edge-padded to it for sampling and cropped back. Raises
+        NonFiniteError when the sampler's result holds NaN or infinite values.
+        """
         if lq.dim() != 4 or lq.shape[1] != 3:
             raise ValueError(f"expected a [B, 3, H, W] tensor, got shape {tuple(lq.shape)}")
         options = options or SampleOptions()
@@ -172,19 +204,45 @@ class DerainPipeline:
             raise ValueError(f"MaRS settings apply to the sampler 'mr', not {sampler!r}")
         lq = lq.to(self.device, torch.float32)
         context = self.conditioning(lq)
+        height, width = lq.shape[-2:]
+        self._warn_if_large(height, width)
+        lq = F.pad(lq, (0, max(0, self.min_side - width), 0, max(0, self.min_side - height)), mode="replicate")
         tile = self._tile_size(options.tile, *lq.shape[-2:])
         denoiser = self.denoiser
         if tile is not None:
             denoiser = TiledDenoiser(denoiser, tile, options.tile_overlap, shrink_on_oom=options.tile == "auto")
         if options.ensemble > 1:
             denoiser = FlipEnsemble(denoiser, options.ensemble)
-        generator = None
+        generators = None
         if options.seed is not None:
-            generator = torch.Generator("cpu").manual_seed(options.seed)
-        out = self.sde.sample(denoiser, lq, steps=steps or self.card.steps, sampler=sampler,
-                              generator=generator, callback=callback, prediction=self.prediction,
+            indices = range(len(lq)) if image_indices is None else image_indices
+            generators = image_generators(options.seed, indices)
+        steps = steps or self.card.steps
+        out = self.sde.sample(denoiser, lq, steps=steps, sampler=sampler, generator=generators,
+                              callback=callback, prediction=self.prediction,
                               mr_options=options.mr if sampler == "mr" else None, **context)
-        return out.clamp(0, 1)
+        if not torch.isfinite(out).all():
+            precision = str(self.dtype).removeprefix("torch.")
+            raise NonFiniteError(f"the {sampler} sampler at {steps or self.sde.T} step(s) in {precision} gave NaN or "
+                                 "infinite values; try --precision fp32 or another --steps/--sampler")
+        return out[..., :height, :width].clamp(0, 1)
+
+    @property
+    def min_side(self) -> int:
+        """The smallest side sampled: shorter images are edge-padded to it, so the U-Net's lowest level has 2x2 pixels.
+
+        A few pixels padded to the U-Net's multiple were mostly padding, with the image's own noise
+        repeated: the bundled model turned 4x4 crops black.
+        """
+        return 2 ** (self.unet.depth + 1)
+
+    def _warn_if_large(self, height: int, width: int) -> None:
+        """Warn when a model that works in its own tiles gets an image many tiles wide (see LARGE_IMAGE_TILES)."""
+        if self.card.tile is not None and max(height, width) > LARGE_IMAGE_TILES * self.card.tile:
+            limit = LARGE_IMAGE_TILES * self.card.tile
+            warnings.warn(f"{width}x{height} is more than {limit} px for a model working in {self.card.tile}-px tiles: "
+                          f"rain streaks much wider than its training crops may stay; a copy downscaled below "
+                          f"{limit} px may derain better", stacklevel=3)
 
     def __call__(self, image: Image.Image | Tensor, options: SampleOptions | None = None,
                  callback: StepCallback | None = None) -> Image.Image | Tensor:

@@ -74,6 +74,7 @@ def test_the_bundled_model_removes_rain_from_an_example(empty_hub_cache):
     assert after > before + MIN_GAIN_DB, (before, after)
 
 
+@pytest.mark.filterwarnings("ignore:fp16 on the CPU")  # slow there, and warned about: still exact
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_the_bundled_model_in_half_precision_gives_its_fp32_output(empty_hub_cache, precision):
     # Autocast as on a GPU (fp16 is `--precision auto` there). With the reference's half-precision
@@ -139,3 +140,14 @@ def test_the_bundled_model_refuses_sampling_it_does_not_support_before_reading_a
     code, _, err = derain("run", EXAMPLES / "rainy" / "cat.png", "-o", tmp_path / "x.png", *args, capsys=capsys)
     assert code == 2 and err.strip() == f"error: {message}"
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4])
+def test_the_bundled_model_does_not_turn_tiny_images_black(empty_hub_cache, size):
+    # They were edge-padded to the U-Net's multiple (16) with their own noise repeated, and the
+    # model turned a 4x4 crop of the cat black (mean 0.007 for an input of 0.46).
+    rainy = read_rgb8(EXAMPLES / "rainy" / "cat.png")[100:100 + size, 100:100 + size]
+    image = torch.from_numpy(np.ascontiguousarray(rainy)).permute(2, 0, 1)[None].float() / 255
+    out = load(ModelSpec(model="compact"), device="cpu").restorer.restore(image)
+    assert out.shape == image.shape
+    assert abs(float(out.mean() - image.mean())) < 0.15, (float(out.mean()), float(image.mean()))

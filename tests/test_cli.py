@@ -300,7 +300,8 @@ def test_bench_restores_saves_outputs_and_grid(tmp_path, plain_unet_file, capsys
                           "--unet", plain_unet_file, "--no-lpips", "--json", tmp_path / "r.json", *FAST, capsys=capsys)
     assert code == 0, err
     assert (tmp_path / "out" / "001.png").is_file()
-    assert Image.open(tmp_path / "grid" / "001.png").size == (3 * 56 + 8, 40)
+    width, height = Image.open(tmp_path / "grid" / "001.png").size
+    assert width == 3 * 56 + 8 and height > 40  # three panels under a band of labels
     assert json.loads((tmp_path / "r.json").read_text())["settings"]["device"] == "cpu"
 
 

@@ -7,8 +7,8 @@ from PIL import Image
 from derain_cli.card import CascadeCard, ModelCard, SDESettings
 from derain_cli.cascade import Cascade
 from derain_cli.checkpoints import load_daclip, load_unet
-from derain_cli.errors import DerainError, UsageError
-from derain_cli.pipeline import DerainPipeline, SampleOptions
+from derain_cli.errors import DerainError, NonFiniteError, UsageError
+from derain_cli.pipeline import DerainPipeline, SampleOptions, image_seed
 from derain_cli.sde import IRSDE
 
 from tests.conftest import TINY_SDE
@@ -226,3 +226,83 @@ def test_the_pipeline_samples_with_its_cards_defaults_and_refuses_what_the_card_
             pipeline.restore(lq, SampleOptions(tile=None, **bad))
     with pytest.raises(ValueError, match="either a card or sde"):
         DerainPipeline(load_unet(plain_unet_file), IRSDE(), card=card)
+
+
+def test_each_image_of_a_batch_gets_what_it_gets_alone_with_its_image_seed(plain):
+    lq = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    lq[2] = lq[1]  # the same picture at two positions still gets two noise draws
+    batch = plain.restore(lq, SampleOptions(steps=4, seed=7, tile=None))
+    for i in range(3):
+        alone = plain.restore(lq[i:i + 1], SampleOptions(steps=4, seed=image_seed(7, i), tile=None))
+        torch.testing.assert_close(batch[i], alone[0], atol=1e-5, rtol=0)  # batched convolutions round differently
+    assert not torch.allclose(batch[1], batch[2])
+    assert image_seed(7, 0) == 7 and len({image_seed(7, i) for i in range(3)} | {image_seed(8, 1)}) == 4
+
+
+def test_the_first_image_of_a_batch_draws_the_noise_of_a_generator_seeded_with_the_seed(plain):
+    lq = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    seen = []
+    original = plain.sde.noise_state
+
+    def spy(mu, generator=None):
+        state = original(mu, generator)
+        seen.append(state)
+        return state
+
+    plain.sde.noise_state = spy
+    try:
+        plain.restore(lq, SampleOptions(steps=1, seed=11, tile=None))
+    finally:
+        del plain.sde.noise_state
+    want = lq[:1] + torch.randn((1, 3, 16, 16), generator=torch.Generator().manual_seed(11)) * plain.sde.max_sigma
+    assert torch.equal(seen[0][:1], want)
+
+
+def test_a_further_pass_on_some_images_of_a_batch_keeps_each_images_seed(plain):
+    lq = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    lq[0] = plain.restore(lq[:1], FEW)[0]  # the model hardly changes the first image: one pass only
+    once = plain.restore(lq, FEW)
+    change = (torch.round(once * 255) / 255 - lq).abs().flatten(1).mean(1) * 255
+    threshold = float(change[0] + change[1:].min()) / 2
+    assert change[0] < threshold < change[1:].min()
+    options = SampleOptions(steps=4, seed=9, tile=None)
+    model = cascade(plain, 2, (threshold,))
+    batch = model.restore(lq, options)
+    for i in range(3):
+        alone = model.restore(lq[i:i + 1], SampleOptions(steps=4, seed=image_seed(9, i), tile=None))
+        torch.testing.assert_close(batch[i], alone[0], atol=1e-5, rtol=0)  # batched convolutions round differently
+
+
+def test_a_non_finite_sampler_result_is_a_derain_error_naming_the_sampler_and_steps(plain, monkeypatch):
+    monkeypatch.setattr(plain, "denoiser", lambda x, mu, t, **context: torch.full_like(x, float("nan")))
+    with pytest.raises(NonFiniteError, match="posterior sampler at 4 step"):
+        plain.restore(torch.rand(1, 3, 16, 16), FEW)
+    assert issubclass(NonFiniteError, DerainError)
+
+
+def test_fp16_on_the_cpu_warns_that_it_is_slow(plain_unet_file):
+    with pytest.warns(UserWarning, match="fp16 on the CPU"):
+        DerainPipeline(load_unet(plain_unet_file), IRSDE(**TINY_SDE), dtype=torch.float16)
+
+
+def test_images_with_a_side_below_the_minimum_are_sampled_edge_padded_and_cropped_back(plain):
+    lq = torch.rand(1, 3, 3, 20, generator=torch.Generator().manual_seed(6))
+    side = plain.min_side
+    assert side == 2 ** (plain.unet.depth + 1)
+    padded = torch.nn.functional.pad(lq, (0, 0, 0, side - 3), mode="replicate")
+    torch.testing.assert_close(plain.restore(lq, FEW), plain.restore(padded, FEW)[..., :3, :], atol=1e-6, rtol=0)
+
+
+def test_a_model_working_in_tiles_warns_about_images_many_tiles_wide(plain_unet_file):
+    import warnings
+
+    from derain_cli.pipeline import LARGE_IMAGE_TILES
+
+    card = ModelCard(sde=SDESettings(**TINY_SDE), tile=64)
+    pipeline = DerainPipeline(load_unet(plain_unet_file), card=card)
+    options = SampleOptions(steps=1, tile=None)
+    with pytest.warns(UserWarning, match=f"{LARGE_IMAGE_TILES * 64 + 16}x16 is more than"):
+        pipeline.restore(torch.rand(1, 3, 16, LARGE_IMAGE_TILES * 64 + 16), options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipeline.restore(torch.rand(1, 3, 16, LARGE_IMAGE_TILES * 64), options)
