@@ -99,8 +99,10 @@ class ModelCard:
             raise UsageError(f"--fast: this model has no fast path (its samplers: {', '.join(self.samplers)})")
         return self.sampler, steps
 
-    def check_sampling(self, sampler: str | None, steps: int | None) -> None:
-        """Raise UsageError unless the model supports ``sampler`` at ``steps`` (None: its defaults)."""
+    def check_sampling(self, sampler: str | None, steps: int | None, fast: bool = False) -> None:
+        """Raise UsageError unless the model supports ``sampler`` at ``steps`` (None: its defaults; ``fast``: its fast path)."""
+        if fast:
+            sampler, steps = self.fast_sampling
         if sampler is not None and sampler not in self.samplers:
             raise UsageError(f"--sampler {sampler}: this model supports {', '.join(self.samplers)}")
         low, high = self.step_limits

@@ -170,6 +170,17 @@ def _plain(value: Any) -> Any:
     return value.value if isinstance(value, Enum) else value
 
 
+def _refuse_unsupported_sampling(args: ModelArgs, sampling: SamplingArgs) -> None:
+    """Check --steps/--sampler/--fast against a manifest model's card before torch is even imported."""
+    if args.unet is not None or not (sampling.steps or sampling.sampler or sampling.fast):
+        return  # a checkpoint's card is checked when it is read, still before its weights
+    from derain_cli.weights import load_manifest, pick_auto_model, resolve_model
+
+    manifest = load_manifest(args.manifest)
+    name = pick_auto_model(manifest)[0] if args.model == "auto" else args.model
+    resolve_model(manifest, name).card.check_sampling(sampling.sampler, sampling.steps, sampling.fast)
+
+
 def _load(args: ModelArgs, sampling: SamplingArgs, quiet: bool):
     """Check the sampling options against the model's card, build the restorer, say which model runs."""
     from derain_cli.devices import set_threads
@@ -180,6 +191,7 @@ def _load(args: ModelArgs, sampling: SamplingArgs, quiet: bool):
     set_threads(args.threads)  # before any model work: torch fixes its thread pools on first use
     spec = ModelSpec(model=args.model, manifest=args.manifest, unet=args.unet, daclip=args.daclip,
                      max_sigma=args.max_sigma, schedule=args.schedule, eps=args.eps, offline=args.offline)
+    _refuse_unsupported_sampling(args, sampling)
     options = sampling.options()
     loaded = load(spec, device=args.device, precision=args.precision, passes=args.pass_count(),
                   steps=options.steps, sampler=options.sampler, fast=options.fast)
@@ -246,6 +258,7 @@ def run(
     if not rainy.is_file():
         raise DerainError(f"{rainy}: no such file")
     check_output_path(output, source=rainy)  # before any model work: the model may take minutes
+    _refuse_unsupported_sampling(model, sampling)  # before torch is imported (reading the image imports it)
     image = read_image(rainy)
     loaded, options = _load(model, sampling, quiet)
     start = time.perf_counter()

@@ -71,13 +71,6 @@ def read_card(checkpoint: Path, flags: dict | None = None) -> ModelCard:
     return parse_card(data, where, ignore=CONFIG_ONLY_KEYS)
 
 
-def _check_sampling(card: ModelCard, sampler: str | None, steps: int | None, fast: bool) -> None:
-    """Raise UsageError unless the card supports the sampling asked for."""
-    if fast:
-        sampler, steps = card.fast_sampling
-    card.check_sampling(sampler, steps)
-
-
 def _beside(checkpoint: Path, name: str) -> Path:
     """The further passes' U-Net that a checkpoint's JSON names: a file in the same folder."""
     where = checkpoint.with_suffix(".json")
@@ -108,7 +101,7 @@ def load(spec: ModelSpec, device: str = "auto", precision: str = "auto", passes:
             if not path.is_file():
                 raise DerainError(f"{path}: no such checkpoint file")
         card = read_card(unet_path, spec.sde_flags())
-        _check_sampling(card, sampler, steps, fast)
+        card.check_sampling(sampler, steps, fast)
         repeat_path = _beside(unet_path, card.cascade.unet) if card.cascade and card.cascade.unet else None
         description = f"U-Net {unet_path}" + (f" + DA-CLIP {daclip_path}" if daclip_path else "")
     else:
@@ -121,7 +114,7 @@ def load(spec: ModelSpec, device: str = "auto", precision: str = "auto", passes:
             notes.append(Note("info", f"model {name!r}: {reason}"))
         entry = resolve_model(manifest, name)
         card = entry.card
-        _check_sampling(card, sampler, steps, fast)
+        card.check_sampling(sampler, steps, fast)
         unet_path = resolve_weights(manifest, entry.unet, offline=spec.offline)
         daclip_path = resolve_weights(manifest, entry.daclip, offline=spec.offline) if entry.daclip else None
         repeat_path = resolve_weights(manifest, entry.repeat_unet, offline=spec.offline) if entry.repeat_unet else None

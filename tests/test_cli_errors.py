@@ -239,3 +239,23 @@ def test_a_bad_output_path_is_refused_without_importing_torch(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path,
                           timeout=120)
     assert done.stdout.split() == ["UsageError", "False"], done.stderr
+
+
+@pytest.mark.parametrize("args", [["--model", "universal", "--steps", "500"], ["--model", "compact", "--steps", "10"],
+                                  ["--model", "compact", "--sampler", "mr"]])
+def test_sampling_outside_a_models_range_is_refused_without_importing_torch(tmp_path, args):
+    """An out-of-range --steps costs an interpreter start: the card is read before torch or any weights."""
+    import subprocess
+    import sys
+
+    src = write_rgb(tmp_path / "cat.png")
+    script = ("import sys; from derain_cli.cli import app\n"
+              "try:\n"
+              f"    app(args=['run', {str(src)!r}, '-o', 'out.png', *{args!r}], standalone_mode=False)\n"
+              "except Exception as error:\n"
+              "    print(type(error).__name__, 'torch' in sys.modules)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=120)
+    assert done.stdout.split() == ["UsageError", "False"], done.stderr
+    assert not (tmp_path / "out.png").exists()
