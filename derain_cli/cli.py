@@ -66,6 +66,7 @@ class ModelArgs:
     schedule: Annotated[Optional[ScheduleChoice], typer.Option("--schedule", help="SDE schedule, only for a bare --unet file.")] = None
     eps: Annotated[Optional[float], typer.Option("--eps", help="SDE end-point tolerance, only for a bare --unet file.")] = None
     offline: OfflineOpt = False
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the U-Net(s): slow first images (compiling each new size), faster after; for long CUDA batches.")] = False
     threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads for torch (default: torch's, at most the CPUs this process may use); 1 next to a busy process.")] = None
 
     def pass_count(self) -> int | None:
@@ -183,6 +184,8 @@ def _load(args: ModelArgs, sampling: SamplingArgs, quiet: bool):
     options = sampling.options()
     loaded = load(spec, device=args.device, precision=args.precision, passes=args.pass_count(),
                   steps=options.steps, sampler=options.sampler, fast=options.fast)
+    if args.compile:
+        loaded.restorer.compile()
     for note in loaded.notes:
         if note.kind == "warning":
             err.print(f"[bold yellow]warning:[/] {note.text}", highlight=False)
