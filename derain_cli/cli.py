@@ -269,11 +269,12 @@ def batch(
     ext: Annotated[Optional[str], typer.Option("--ext", help="Output format extension (default: the input's).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo images whose output exists.")] = False,
     report: Annotated[Optional[Path], typer.Option("--json", help="Write a JSON report here.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Restore up to N consecutive images of one size in one call (each gets the noise of a single run); for GPUs.")] = 1,
     quality: QualityOpt = None, quiet: QuietOpt = False,
 ) -> None:
     """Derain every image in a folder; keeps going past bad files and resumes where it stopped.
 
-    Ctrl-C stops after the current image, writes the --json report of the images done and exits 130;
+    Ctrl-C stops after the current image (group of --batch-size images), writes the --json report of the images done and exits 130;
     the same command continues.
     """
     from derain_cli.distributed import current_world
@@ -301,7 +302,7 @@ def batch(
 
             try:
                 for result in iter_batch(loaded.restorer, todo, options, quality, on_start=start,
-                                         callback=_step_callback(progress)):
+                                         callback=_step_callback(progress), batch_size=batch_size):
                     results.append(result)
                     if progress is not None:
                         progress.advance(images)

@@ -1,5 +1,7 @@
 """The GPU fast path: device generators, batched tiles, channels_last and torch.compile, same numbers."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -150,3 +152,104 @@ def test_the_compile_option_compiles_the_unet_before_restoring(tmp_path, plain_u
                           capsys=capsys)
     assert code == 0, err
     assert len(compiled) == 1 and (tmp_path / "clean.png").exists()
+
+
+# -- derain batch --batch-size ------------------------------------------------------------------
+
+def test_images_restored_together_at_position_zero_each_get_their_single_run(plain):
+    lq = torch.rand(3, 3, 24, 32, generator=torch.Generator().manual_seed(5))
+    options = SampleOptions(steps=3, seed=11, tile=None)
+    together = plain.restore(lq, options, image_indices=[0, 0, 0])
+    for i in range(3):
+        assert torch.allclose(together[i:i + 1], plain.restore(lq[i:i + 1], options), atol=1e-5)
+
+
+class _Spy:
+    """A restorer returning its input, recording each call's batch and indices; NaN for a black image."""
+
+    def __init__(self):
+        self.calls = []
+
+    def restore(self, lq, options=None, callback=None, image_indices=None):
+        from derain_cli.errors import NonFiniteError
+
+        self.calls.append((len(lq), tuple(lq.shape[-2:]), image_indices))
+        if (lq.flatten(1).amax(1) == 0).any():
+            raise NonFiniteError("the sampler gave NaN")
+        return lq
+
+
+def _black(path, height, width):
+    import numpy as np
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((height, width, 3), np.uint8)).save(path)
+
+
+def test_batch_size_groups_consecutive_images_of_one_size_and_fails_only_unreadable_ones(tmp_path):
+    from derain_cli.jobs import iter_batch, plan_batch
+    from tests.conftest import write_rgb
+
+    for name, (h, w) in {"a": (8, 8), "b": (8, 9), "c": (8, 8), "e": (8, 8), "f": (8, 8)}.items():
+        write_rgb(tmp_path / "in" / f"{name}.png", h, w)
+    (tmp_path / "in" / "d.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage")
+    spy = _Spy()
+    started = []
+    results = list(iter_batch(spy, plan_batch(tmp_path / "in", tmp_path / "out").todo, SampleOptions(),
+                              on_start=lambda job: started.append(job.src.name), batch_size=4))
+    assert spy.calls == [(2, (8, 8), [0, 0]), (1, (8, 9), [0]), (2, (8, 8), [0, 0])]  # a+c, b; e+f
+    status = {r.input.rsplit("/", 1)[-1]: r.status for r in results}
+    assert status == {"a.png": "ok", "b.png": "ok", "c.png": "ok", "d.png": "failed", "e.png": "ok", "f.png": "ok"}
+    assert "d.png" in next(r.error for r in results if r.status == "failed")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png", "c.png", "e.png", "f.png"]
+    assert sorted(started) == ["a.png", "b.png", "c.png", "e.png", "f.png"]
+
+
+def test_a_non_finite_group_is_retried_one_by_one_so_only_the_bad_image_fails(tmp_path):
+    from derain_cli.jobs import iter_batch, plan_batch
+    from tests.conftest import write_rgb
+
+    write_rgb(tmp_path / "in" / "a.png", 8, 8)
+    _black(tmp_path / "in" / "b.png", 8, 8)
+    write_rgb(tmp_path / "in" / "c.png", 8, 8, seed=1)
+    spy = _Spy()
+    results = list(iter_batch(spy, plan_batch(tmp_path / "in", tmp_path / "out").todo, SampleOptions(), batch_size=3))
+    assert [r.status for r in results] == ["ok", "failed", "ok"]
+    assert "b.png" in results[1].error and "NaN" in results[1].error
+    assert [n for n, _, _ in spy.calls] == [3, 1, 1, 1]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "c.png"]
+
+
+def test_a_bug_in_a_group_still_stops_the_batch(tmp_path):
+    from derain_cli.jobs import iter_batch, plan_batch
+    from tests.conftest import write_rgb
+
+    class Buggy:
+        def restore(self, lq, options=None, callback=None, image_indices=None):
+            raise RuntimeError("a bug")
+
+    write_rgb(tmp_path / "in" / "a.png", 8, 8)
+    write_rgb(tmp_path / "in" / "b.png", 8, 8)
+    with pytest.raises(RuntimeError, match="a bug"):
+        list(iter_batch(Buggy(), plan_batch(tmp_path / "in", tmp_path / "out").todo, SampleOptions(), batch_size=2))
+
+
+def test_batch_size_on_the_command_line_writes_every_file_and_the_report(tmp_path, plain_unet_file, capsys):
+    import json
+
+    from tests.conftest import write_rgb
+    from tests.test_cli import FAST, derain
+
+    src = tmp_path / "in"
+    for name in ("a.png", "b.png", "c.jpg"):
+        write_rgb(src / name, 24, 32, seed=len(name) + ord(name[0]))
+    write_rgb(src / "d.png", 20, 32)
+    (src / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage")
+    report = tmp_path / "report.json"
+    code, _, err = derain("batch", src, "-o", tmp_path / "out", "--unet", plain_unet_file, "--batch-size", "4",
+                          "--json", report, *FAST, capsys=capsys)
+    assert code == 1 and "4 restored" in err and "1 failed" in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png", "c.jpg", "d.png"]
+    rows = {Path(r["input"]).name: r["status"] for r in json.loads(report.read_text())["images"]}
+    assert rows == {"a.png": "ok", "b.png": "ok", "c.jpg": "ok", "d.png": "ok", "corrupt.png": "failed"}
