@@ -50,6 +50,12 @@ class Cascade:
         """Sampling options with the model's defaults, then ``changes`` (as ``DerainPipeline.options``)."""
         return self.first.options(**changes)
 
+    def compile(self, backend: str = "inductor") -> None:
+        """``torch.compile`` the U-Net of the first pass and, if another, that of the further passes."""
+        self.first.compile(backend)
+        if self.further is not self.first:
+            self.further.compile(backend)
+
     @torch.no_grad()
     def restore(self, lq: Tensor, options: SampleOptions | None = None,
                 callback: StepCallback | None = None, image_indices: Sequence[int] | None = None) -> Tensor:

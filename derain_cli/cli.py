@@ -66,6 +66,7 @@ class ModelArgs:
     schedule: Annotated[Optional[ScheduleChoice], typer.Option("--schedule", help="SDE schedule, only for a bare --unet file.")] = None
     eps: Annotated[Optional[float], typer.Option("--eps", help="SDE end-point tolerance, only for a bare --unet file.")] = None
     offline: OfflineOpt = False
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the U-Net(s): slow first images (compiling each new size), faster after; for long CUDA batches.")] = False
     threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads for torch (default: torch's, at most the CPUs this process may use); 1 next to a busy process.")] = None
 
     def pass_count(self) -> int | None:
@@ -195,6 +196,8 @@ def _load(args: ModelArgs, sampling: SamplingArgs, quiet: bool):
     options = sampling.options()
     loaded = load(spec, device=args.device, precision=args.precision, passes=args.pass_count(),
                   steps=options.steps, sampler=options.sampler, fast=options.fast)
+    if args.compile:
+        loaded.restorer.compile()
     for note in loaded.notes:
         if note.kind == "warning":
             err.print(f"[bold yellow]warning:[/] {note.text}", highlight=False)
@@ -279,11 +282,12 @@ def batch(
     ext: Annotated[Optional[str], typer.Option("--ext", help="Output format extension (default: the input's).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo images whose output exists.")] = False,
     report: Annotated[Optional[Path], typer.Option("--json", help="Write a JSON report here.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Restore up to N consecutive images of one size in one call (each gets the noise of a single run); for GPUs.")] = 1,
     quality: QualityOpt = None, quiet: QuietOpt = False,
 ) -> None:
     """Derain every image in a folder; keeps going past bad files and resumes where it stopped.
 
-    Ctrl-C stops after the current image, writes the --json report of the images done and exits 130;
+    Ctrl-C stops after the current image (group of --batch-size images), writes the --json report of the images done and exits 130;
     the same command continues.
     """
     from derain_cli.distributed import current_world
@@ -311,7 +315,7 @@ def batch(
 
             try:
                 for result in iter_batch(loaded.restorer, todo, options, quality, on_start=start,
-                                         callback=_step_callback(progress)):
+                                         callback=_step_callback(progress), batch_size=batch_size):
                     results.append(result)
                     if progress is not None:
                         progress.advance(images)

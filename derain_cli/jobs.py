@@ -21,6 +21,8 @@ from derain_cli.imageio import (IMAGE_EXTENSIONS, LoadedImage, check_output_path
                                 list_images, read_image, write_image)
 
 if TYPE_CHECKING:  # planning and checking a batch needs no torch: a bad -o is refused in a blink
+    from torch import Tensor
+
     from derain_cli.pipeline import DerainPipeline, SampleOptions
     from derain_cli.sde import StepCallback
 
@@ -70,7 +72,11 @@ class JobResult:
 def derain_image(pipeline: DerainPipeline, image: LoadedImage, dst: Path, options: SampleOptions,
                  quality: int | None = None, callback: StepCallback | None = None) -> None:
     """Restore a read image and write ``dst`` atomically, keeping alpha, colour profile and EXIF."""
-    restored = pipeline.restore(image.rgb, options, callback)
+    save_restored(pipeline.restore(image.rgb, options, callback), image, dst, quality)
+
+
+def save_restored(restored: Tensor, image: LoadedImage, dst: Path, quality: int | None = None) -> None:
+    """Write the restored [1, 3, H, W] ``image`` to ``dst`` atomically, with the source's alpha, profile and EXIF."""
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -171,20 +177,90 @@ def check_jobs(jobs: Iterable[Job], report: Path | None = None) -> None:
 
 def iter_batch(pipeline: DerainPipeline, jobs: Iterable[Job], options: SampleOptions,
                quality: int | None = None, on_start: Callable[[Job], None] | None = None,
-               callback: StepCallback | None = None) -> Iterator[JobResult]:
-    """Run the jobs one by one, continuing past failures; yields each result (ok or failed with the reason)."""
-    for job in jobs:
+               callback: StepCallback | None = None, batch_size: int = 1) -> Iterator[JobResult]:
+    """Run the jobs, continuing past failures; yields each result (ok or failed with the reason).
+
+    ``batch_size`` > 1: up to that many consecutive jobs are read, and those of one image size are
+    restored in one call (see ``restore_group``); the results of a group come when it is done.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if batch_size == 1:
+        for job in jobs:
+            if on_start is not None:
+                on_start(job)
+            start = time.perf_counter()
+            try:
+                derain_file(pipeline, job.src, job.dst, options, quality, callback)
+                yield JobResult(str(job.src), str(job.dst), "ok", time.perf_counter() - start)
+            except per_image_errors() as err:
+                yield _failed(job, err, time.perf_counter() - start)
+        return
+    for chunk in _chunks(list(jobs), batch_size):
+        read: list[tuple[Job, LoadedImage]] = []
+        for job in chunk:
+            start = time.perf_counter()
+            try:
+                read.append((job, read_image(job.src)))
+            except per_image_errors() as err:
+                yield _failed(job, err, time.perf_counter() - start)
+        for group in _same_size_groups(read):
+            yield from restore_group(pipeline, group, options, quality, on_start, callback)
+
+
+def restore_group(pipeline: DerainPipeline, group: list[tuple[Job, LoadedImage]], options: SampleOptions,
+                  quality: int | None = None, on_start: Callable[[Job], None] | None = None,
+                  callback: StepCallback | None = None) -> list[JobResult]:
+    """Restore read images of one size in one call, each with the noise of a single run; write each.
+
+    Every image takes the seed of position 0 (``image_seed(seed, 0)`` is the seed), so it gets what
+    restoring it alone gives, up to the rounding of batched convolutions. When the group's call
+    fails (a NaN result, GPU memory), its images are restored one by one, so only a bad one fails.
+    The group's time is shared evenly among its images.
+    """
+    import torch
+
+    for job, _ in group:
         if on_start is not None:
             on_start(job)
-        start = time.perf_counter()
+    start = time.perf_counter()
+    try:
+        restored = pipeline.restore(torch.cat([image.rgb for _, image in group]), options, callback,
+                                    image_indices=[0] * len(group))
+    except per_image_errors() as err:
+        if len(group) == 1:
+            return [_failed(group[0][0], err, time.perf_counter() - start)]
+        return [result for item in group for result in restore_group(pipeline, [item], options, quality, None, callback)]
+    seconds = (time.perf_counter() - start) / len(group)
+    results = []
+    for i, (job, image) in enumerate(group):
         try:
-            derain_file(pipeline, job.src, job.dst, options, quality, callback)
-            result = JobResult(str(job.src), str(job.dst), "ok", time.perf_counter() - start)
+            save_restored(restored[i:i + 1], image, job.dst, quality)
+            results.append(JobResult(str(job.src), str(job.dst), "ok", seconds))
         except per_image_errors() as err:
-            message = str(err) if isinstance(err, DerainError) else f"{type(err).__name__}: {err}"
-            message = message if str(job.src) in message else f"{job.src}: {message}"
-            result = JobResult(str(job.src), str(job.dst), "failed", time.perf_counter() - start, message)
-        yield result
+            results.append(_failed(job, err, seconds))
+    return results
+
+
+def _chunks(jobs: list[Job], size: int) -> Iterator[list[Job]]:
+    """Consecutive runs of ``size`` jobs (the last one shorter)."""
+    for first in range(0, len(jobs), size):
+        yield jobs[first:first + size]
+
+
+def _same_size_groups(read: list[tuple[Job, LoadedImage]]) -> list[list[tuple[Job, LoadedImage]]]:
+    """Read images grouped by size (height, width), in the order each size first comes."""
+    groups: dict[tuple[int, int], list[tuple[Job, LoadedImage]]] = {}
+    for job, image in read:
+        groups.setdefault(image.size, []).append((job, image))
+    return list(groups.values())
+
+
+def _failed(job: Job, err: BaseException, seconds: float) -> JobResult:
+    """A failed job's result, its message naming the input file."""
+    message = str(err) if isinstance(err, DerainError) else f"{type(err).__name__}: {err}"
+    message = message if str(job.src) in message else f"{job.src}: {message}"
+    return JobResult(str(job.src), str(job.dst), "failed", seconds, message)
 
 
 def run_batch(pipeline: DerainPipeline, jobs: Iterable[Job], options: SampleOptions,

@@ -67,15 +67,18 @@ class TiledDenoiser:
     """Wraps a denoiser so that each call runs tile by tile and blends the predicted noise.
 
     With ``shrink_on_oom`` a CUDA out-of-memory error halves the tile size and repeats the call,
-    down to ``MIN_TILE``; the smaller size is kept for the following steps.
+    down to ``MIN_TILE``; the smaller size is kept for the following steps. With ``batch_tiles``
+    the tiles of one shape go through the network in one call, stacked along the batch dimension
+    (their ``t`` and context repeated per tile); the blend is the same, the numbers equal up to
+    the rounding of batched convolutions.
     """
 
     def __init__(self, denoiser: Denoiser, tile: int, overlap: int = 32, shrink_on_oom: bool = False,
-                 on_shrink: Callable[[int], None] | None = None) -> None:
+                 on_shrink: Callable[[int], None] | None = None, batch_tiles: bool = False) -> None:
         if tile < 16:
             raise ValueError(f"tile size must be at least 16 pixels, got {tile}")
         self.denoiser, self.tile, self.overlap = denoiser, tile, overlap
-        self.shrink_on_oom, self.on_shrink = shrink_on_oom, on_shrink
+        self.shrink_on_oom, self.on_shrink, self.batch_tiles = shrink_on_oom, on_shrink, batch_tiles
 
     def __call__(self, x_t: Tensor, mu: Tensor, t: Tensor, **context: Tensor) -> Tensor:
         """Predicted noise for the whole image, assembled from overlapping tiles."""
@@ -100,16 +103,41 @@ class TiledDenoiser:
             return self.denoiser(x_t, mu, t, **context)
         out = torch.zeros_like(x_t, dtype=torch.float32)
         total = torch.zeros((1, 1, height, width), dtype=torch.float32, device=x_t.device)
+        windows = []
         for (y0, y1), (ylead, ytrail) in zip(rows, _overlaps(rows)):
             wy = ramp_weights(y1 - y0, ylead, ytrail).to(x_t.device)
             for (x0, x1), (xlead, xtrail) in zip(cols, _overlaps(cols)):
                 wx = ramp_weights(x1 - x0, xlead, xtrail).to(x_t.device)
-                weight = wy[:, None] * wx[None, :]
-                window = (..., slice(y0, y1), slice(x0, x1))
-                noise = self.denoiser(x_t[window], mu[window], t, **context)
+                windows.append(((..., slice(y0, y1), slice(x0, x1)), wy[:, None] * wx[None, :]))
+        groups = _by_shape(windows) if self.batch_tiles else [[w] for w in windows]
+        for group in groups:
+            predictions = self._predict(x_t, mu, t, [window for window, _ in group], context)
+            for (window, weight), noise in zip(group, predictions):
                 out[window] += noise.float() * weight
                 total[window] += weight
         return out / total
+
+    def _predict(self, x_t: Tensor, mu: Tensor, t: Tensor, windows: list, context: dict[str, Tensor]) -> list[Tensor]:
+        """The network's output on each window (of one shape), in one call stacked along the batch."""
+        if len(windows) == 1:
+            return [self.denoiser(x_t[windows[0]], mu[windows[0]], t, **context)]
+        n, batch = len(windows), len(x_t)
+        stacked = self.denoiser(torch.cat([x_t[w] for w in windows]), torch.cat([mu[w] for w in windows]),
+                                _repeat(t, n), **{key: _repeat(value, n) for key, value in context.items()})
+        return list(stacked.split(batch))
+
+
+def _by_shape(windows: list) -> list[list]:
+    """Windows grouped by their tile shape (edge tiles of another size in groups of their own), in order."""
+    groups: dict[tuple[int, int], list] = {}
+    for window, weight in windows:
+        groups.setdefault(tuple(weight.shape), []).append((window, weight))
+    return list(groups.values())
+
+
+def _repeat(value: Tensor, n: int) -> Tensor:
+    """``value`` repeated ``n`` times along its batch dimension (a scalar stays as it is)."""
+    return value if value.dim() == 0 else value.repeat(n, *[1] * (value.dim() - 1))
 
 
 # Floats per pixel held by the reference's linear attention, whose width is fixed (4 heads x 32
