@@ -54,7 +54,8 @@ from typing import Callable, Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from derain_cli.sde import Denoiser, Prediction, StepCallback, _randn_like
+from derain_cli.denoising import Denoiser, Prediction, StepCallback
+from derain_cli.denoising import randn_like as _randn_like
 
 Solver = Literal["ode", "sde"]
 Parameterization = Literal["data", "noise"]

@@ -11,32 +11,21 @@ The object only holds the schedule: the network comes in as a denoiser callable 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Callable, Literal, Protocol, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Literal
 
 import torch
 from torch import Tensor
 
 from derain_cli.card import PREDICTIONS, SAMPLERS  # noqa: F401 - the choices, defined once in the card
 from derain_cli.card import SCHEDULES as SCHEDULE_NAMES
+from derain_cli.denoising import Denoiser, Generators, Prediction, StepCallback  # noqa: F401 - re-exported
+from derain_cli.denoising import randn_like as _randn_like
 
 if TYPE_CHECKING:
     from derain_cli.mars import MarsOptions
 
 Schedule = Literal["cosine", "linear", "constant"]
 Sampler = Literal["posterior", "sde", "ode", "mr"]
-Prediction = Literal["noise", "x0"]
-StepCallback = Callable[[int, int], None]
-# One generator draws the noise of the whole batch; a sequence holds one generator per image, so
-# that each image's noise does not depend on the batch it is in.
-Generators = Union[torch.Generator, Sequence[torch.Generator], None]
-
-
-class Denoiser(Protocol):
-    """A noise-prediction network: ``denoiser(x_t, mu, t, **context)`` returns epsilon."""
-
-    def __call__(self, x_t: Tensor, mu: Tensor, t: Tensor, **context: Tensor) -> Tensor: ...
-
-
 def cosine_thetas(T: int, s: float = 0.008) -> Tensor:
     """theta_0..theta_T from the cosine schedule (Nichol & Dhariwal), truncated as the reference."""
     n = T + 2
@@ -237,19 +226,3 @@ def _model_times(t: int, scale: float, batch: int, device: torch.device) -> Tens
     value = t * scale
     dtype = torch.long if float(value).is_integer() else torch.float32
     return torch.full((batch,), value, dtype=dtype, device=device)
-
-
-def _randn_like(x: Tensor, generator: Generators) -> Tensor:
-    """Standard normal noise shaped like ``x``: from ``generator``, one generator per image, or the global RNG."""
-    if generator is None:
-        return torch.randn_like(x)
-    if isinstance(generator, torch.Generator):
-        return _randn(x.shape, generator, x)
-    if len(generator) != len(x):
-        raise ValueError(f"got {len(generator)} generators for a batch of {len(x)} images")
-    return torch.cat([_randn((1, *x.shape[1:]), g, x) for g in generator])
-
-
-def _randn(shape: Sequence[int], generator: torch.Generator, like: Tensor) -> Tensor:
-    """Standard normal noise of ``shape`` drawn by ``generator``, on ``like``'s device and dtype."""
-    return torch.randn(shape, generator=generator, device=generator.device, dtype=like.dtype).to(like.device)
