@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# A small noise-prediction model trained on every time step, to compare samplers at every step count
+# (docs/BENCHMARKS.md, "Samplers at 1..100 calls"). CPU only, one thread, about an hour on a busy 2-core machine.
+# Usage: [RUN=RUN_DIR] bash recipes/small_noise.sh SHARED_DATA WORK_DIR [split|train|table|all]
+#   SHARED_DATA: folder with raintrainl/ and raincityscapes/ (LQ/ + GT/). Rain100H/L are never used.
+#   Held out: raintrainl pairs whose number is divisible by 10, and the 11 raincityscapes zurich_* pairs.
+set -euo pipefail
+repo=$(dirname "$(dirname "$(realpath "$0")")")
+data=$(realpath "$1"); mkdir -p "$2"; work=$(realpath "$2"); what=${3:-all}
+run=${RUN:-$work/run}  # the run folder (weights, log.csv)
+cd "$work"
+
+split() {
+  for s in train heldout_l heldout_city val; do mkdir -p "$s/LQ" "$s/GT"; done
+  for f in "$data"/raintrainl/GT/*; do
+    b=$(basename "$f"); n=${b%.*}
+    [[ $(( 10#$n % 10 )) == 0 ]] && s=heldout_l || s=train
+    ln -sf "$data/raintrainl/LQ/$b" "$s/LQ/l_$b"; ln -sf "$f" "$s/GT/l_$b"
+  done
+  for f in "$data"/raincityscapes/GT/*; do
+    b=$(basename "$f")
+    [[ $b == zurich_* ]] && s=heldout_city || s=train
+    ln -sf "$data/raincityscapes/LQ/$b" "$s/LQ/c_$b"; ln -sf "$f" "$s/GT/c_$b"
+  done
+  # Validation during training (picks best/): the first 3 held-out pairs of each set; the table
+  # scores the other held-out pairs (test_l: 15 RainTrainL, test_city: 8 Zurich).
+  for s in l city; do
+    mkdir -p "test_$s/LQ" "test_$s/GT"
+    for f in $(ls "heldout_$s/GT" | head -3); do
+      cp -P "heldout_$s/LQ/$f" val/LQ/; cp -P "heldout_$s/GT/$f" val/GT/
+    done
+    for f in $(ls "heldout_$s/GT" | tail -n +4); do
+      cp -P "heldout_$s/LQ/$f" "test_$s/LQ/"; cp -P "heldout_$s/GT/$f" "test_$s/GT/"
+    done
+  done
+}
+
+train() {
+  OMP_NUM_THREADS=1 PYTHONPATH="$repo" python3 -m derain_cli train --out "$run" --data "$work/train" \
+    --prediction noise --t-min 1 --nf 16 --ch-mult 1,2,4,4 --max-sigma 50 \
+    --patch-size 64 --batch-size 4 --steps 3000 --device cpu --workers 0 \
+    --val "$work/val" --val-steps 10 --val-limit 6 --val-crop 128 --val-every 1000 --ckpt-every 1000 -q
+}
+
+table() {
+  OMP_NUM_THREADS=1 PYTHONPATH="$repo" python3 "$repo/benchmarks/sampler_table.py" --unet "$run/best/unet.safetensors" \
+    --data "$work/test_l" "$work/test_city" --calls 1,2,5,10,20,50,100 --samplers posterior,sde,ode,mr \
+    --threads 1 --json "$work/small_noise_sampler_table.json"
+}
+
+case $what in
+  split) split ;; train) train ;; table) table ;;
+  all) split; train; table ;;
+  *) echo "unknown stage $what: split, train, table or all" >&2; exit 2 ;;
+esac
