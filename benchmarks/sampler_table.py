@@ -9,6 +9,10 @@ infinity is not scored: its row says how many images were non-finite.
     python benchmarks/sampler_table.py --unet RUN/best/unet.safetensors --data HELDOUT1 HELDOUT2 \
         [--calls 1,2,5,10,20,50,100] [--samplers posterior,sde,ode,mr] [--limit 6,4] [--crop 256] \
         [--threads 1] [--json table.json]
+    python benchmarks/sampler_table.py --merge A.json B.json [--json table.json]
+
+``--merge`` prints one table from the JSON of runs on the same images (say, one process per sampler);
+the JSON is rewritten after every row, so a run cut short keeps the rows it finished.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import numpy as np
 import torch
 
 from derain_cli.data import PairedFolder
+from derain_cli.devices import keep_freed_memory
 from derain_cli.imageio import read_image, to_uint8
 from derain_cli.metrics import score_pair
 from derain_cli.pipeline import DerainPipeline, SampleOptions
@@ -140,11 +145,39 @@ def markdown(table: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def write_json(path: Path | None, report: dict) -> None:
+    """Write the report as JSON (nothing without a path)."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=1, default=float) + "\n")
+
+
+def merged(paths: list[Path]) -> dict:
+    """One report from several runs' JSON: the first one's settings, every run's rows (input row once)."""
+    reports = [json.loads(path.read_text()) for path in paths]
+    for path, report in zip(paths[1:], reports[1:]):
+        if report["images"] != reports[0]["images"] or report["unet"] != reports[0]["unet"]:
+            raise SystemExit(f"{path}: other images or weights than {paths[0]}")
+    table = reports[0]["table"][:1] + [row for report in reports for row in report["table"][1:]]
+    notes = [note for report in reports for note in report["notes"]]
+    return {**reports[0], "table": table, "notes": notes, "merged_from": [str(p) for p in paths]}
+
+
+def print_report(report: dict) -> None:
+    """The settings line, the markdown table and the notes."""
+    print(f"\nU-Net {report['unet']}; sde {report['sde']}; prediction {report['prediction']}; "
+          f"{len(report['images'])} images ({', '.join(report['images'])}); crop {report['crop']}; "
+          f"{report['threads']} thread(s)\n")
+    print(markdown(report["table"]))
+    for note in report["notes"]:
+        print(f"\nnote: {note}")
+
+
 def main() -> None:
     """Build the table, print it as markdown and write it as JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--unet", type=Path, required=True, help="unet.safetensors with its unet.json beside")
-    parser.add_argument("--data", type=Path, nargs="+", required=True, help="held-out folders with LQ/ and GT/")
+    parser.add_argument("--unet", type=Path, help="unet.safetensors with its unet.json beside")
+    parser.add_argument("--data", type=Path, nargs="+", help="held-out folders with LQ/ and GT/")
     parser.add_argument("--calls", type=int_list, default=[1, 2, 5, 10, 20, 50, 100])
     parser.add_argument("--samplers", default="posterior,sde,ode,mr")
     parser.add_argument("--limit", type=int_list, default=None,
@@ -152,35 +185,35 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=None, help="score centre crops of this size")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--merge", type=Path, nargs="+", help="print one table from these runs' JSON")
     args = parser.parse_args()
+    if args.merge:
+        report = merged(args.merge)
+        print_report(report)
+        write_json(args.json, report)
+        return
+    if args.unet is None or not args.data:
+        parser.error("--unet and --data are required (or --merge)")
+    keep_freed_memory()  # as the CLI runs
     torch.set_num_threads(args.threads)
-    loaded = load(ModelSpec(unet=args.unet), device="cpu", precision="fp32")
-    pipeline = loaded.pipeline
+    pipeline = load(ModelSpec(unet=args.unet), device="cpu", precision="fp32").pipeline
     pairs = held_out_pairs(args.data, args.limit, args.crop)
-    notes = []
-    table = [mean_row("rainy input", None, None, score_rows(pairs, lambda lq: (lq, 0)))]
+    report = {"unet": str(args.unet), "sde": pipeline.sde.config, "prediction": pipeline.prediction,
+              "crop": args.crop, "threads": args.threads, "torch": torch.__version__,
+              "images": sorted(f"{pair['set']}/{pair['name']}" for pair in pairs), "notes": [],
+              "table": [mean_row("rainy input", None, None, score_rows(pairs, lambda lq: (lq, 0)))]}
     for sampler in args.samplers.split(","):
         if sampler not in SAMPLERS:
-            notes.append(f"sampler {sampler!r} skipped: this checkout has {list(SAMPLERS)}")
+            report["notes"].append(f"sampler {sampler!r} skipped: this checkout has {list(SAMPLERS)}")
             continue
         for calls in args.calls:
             row = mean_row(sampler, sampler, calls, score_rows(pairs, sampler_restore(pipeline, sampler, calls)))
-            table.append(row)
+            report["table"].append(row)
+            write_json(args.json, report)
             print(f"{sampler} {calls}: PSNR_Y {fmt(row['psnr_y'], 2)}, {fmt(row['seconds'], 2)} s/image, "
                   f"network calls {sorted({r['calls'] for r in row['rows']})}", flush=True)
-    images = sorted({(pair["set"], pair["name"]) for pair in pairs})
-    print(f"\n{loaded.description}; sde {pipeline.sde.config}; prediction {pipeline.prediction}; "
-          f"{len(images)} images ({', '.join(f'{s}/{n}' for s, n in images)}); crop {args.crop}; "
-          f"{args.threads} thread(s)\n")
-    print(markdown(table))
-    for note in notes:
-        print(f"\nnote: {note}")
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        report = {"unet": str(args.unet), "sde": pipeline.sde.config, "prediction": pipeline.prediction,
-                  "crop": args.crop, "threads": args.threads, "torch": torch.__version__,
-                  "images": [f"{s}/{n}" for s, n in images], "notes": notes, "table": table}
-        args.json.write_text(json.dumps(report, indent=1, default=float) + "\n")
+    write_json(args.json, report)
+    print_report(report)
 
 
 if __name__ == "__main__":
