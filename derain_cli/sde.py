@@ -11,13 +11,16 @@ The object only holds the schedule: the network comes in as a denoiser callable 
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal, Protocol
+from typing import TYPE_CHECKING, Callable, Literal, Protocol
 
 import torch
 from torch import Tensor
 
+if TYPE_CHECKING:
+    from derain_cli.mars import MarsOptions
+
 Schedule = Literal["cosine", "linear", "constant"]
-Sampler = Literal["posterior", "sde", "ode"]
+Sampler = Literal["posterior", "sde", "ode", "mr"]
 Prediction = Literal["noise", "x0"]
 StepCallback = Callable[[int, int], None]
 
@@ -53,7 +56,7 @@ SCHEDULES: dict[str, Callable[[int], Tensor]] = {
     "linear": linear_thetas,
     "constant": constant_thetas,
 }
-SAMPLERS = ("posterior", "sde", "ode")
+SAMPLERS = ("posterior", "sde", "ode", "mr")  # "mr": MaRS, in derain_cli.mars
 # What the network outputs: the noise of x_t (the reference) or the clean image x_0 itself.
 PREDICTIONS = ("noise", "x0")
 
@@ -173,7 +176,8 @@ class IRSDE:
     def sample(self, denoiser: Denoiser, lq: Tensor, steps: int | None = None,
                sampler: Sampler = "posterior", generator: torch.Generator | None = None,
                x_T: Tensor | None = None, callback: StepCallback | None = None,
-               prediction: Prediction = "noise", **context: Tensor) -> Tensor:
+               prediction: Prediction = "noise", mr_options: MarsOptions | None = None,
+               **context: Tensor) -> Tensor:
         """Restore ``lq`` by integrating the reverse SDE from x_T = lq + max_sigma N(0, I) to x_0.
 
         With ``steps`` other than T the schedule is rebuilt with that many steps and the network
@@ -181,12 +185,21 @@ class IRSDE:
         floats unless T is a multiple of ``steps``. ``callback(i, n)`` is called after each step.
         With ``prediction="x0"`` the denoiser returns the clean image, turned into the noise it
         implies at this step (the posterior sampler then recovers that clean image exactly).
+
+        ``sampler="mr"`` runs MaRS (:func:`derain_cli.mars.sample_mars`) with ``mr_options``
+        (default ``MarsOptions()``, the official mrsampler.yml): ``steps`` network calls on the
+        0..T time scale, no rebuilt schedule, result clipped to [0, 1].
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; choose from {list(SAMPLERS)}")
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; choose from {list(PREDICTIONS)}")
+        if mr_options is not None and sampler != "mr":
+            raise ValueError(f"mr_options apply to sampler 'mr' only, not {sampler!r}")
         steps = self.T if steps is None else steps
+        if sampler == "mr":
+            return self._sample_mars(denoiser, lq, steps, generator, x_T, callback, prediction,
+                                     mr_options, **context)
         sde = self if steps == self.T else self.with_steps(steps)
         scale = self.T / steps
         x = self.noise_state(lq, generator) if x_T is None else x_T.clone()
@@ -198,6 +211,18 @@ class IRSDE:
             if callback is not None:
                 callback(i + 1, steps)
         return x
+
+    def _sample_mars(self, denoiser: Denoiser, lq: Tensor, steps: int,
+                     generator: torch.Generator | None, x_T: Tensor | None,
+                     callback: StepCallback | None, prediction: Prediction,
+                     options: MarsOptions | None, **context: Tensor) -> Tensor:
+        """MaRS from x_T (drawn as for the other samplers when not given) on mr-sampler's tables."""
+        from derain_cli import mars  # mars builds on this module, so it is imported on use
+
+        tables = mars.mars_tables(self.thetas, self.max_sigma, self.config["eps"])
+        x = self.noise_state(lq, generator) if x_T is None else x_T.clone()
+        return mars.sample_mars(denoiser, lq, x, tables, steps, options or mars.MarsOptions(),
+                                prediction, generator, callback, **context)
 
 
 def _model_times(t: int, scale: float, batch: int, device: torch.device) -> Tensor:
