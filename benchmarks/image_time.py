@@ -67,9 +67,10 @@ def main() -> None:
                 results.append({"sampler": sampler, "calls": calls, "wall_s": wall, "cpu_s": cpu,
                                 "repeats": args.repeats})
                 print(f"{sampler} {calls} calls: {wall:.1f} s wall, {cpu:.1f} s CPU per image", flush=True)
-    if args.json is not None:
-        args.json.write_text(json.dumps({"height": args.height, "width": args.width, "threads": args.threads,
-                                         "torch": torch.__version__, "results": results}, indent=1) + "\n")
+                if args.json is not None:  # after every row: a run cut short keeps what it measured
+                    args.json.write_text(json.dumps({"height": args.height, "width": args.width,
+                                                     "threads": args.threads, "torch": torch.__version__,
+                                                     "results": results}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
