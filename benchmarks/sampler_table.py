@@ -29,6 +29,7 @@ import torch
 
 from derain_cli.data import PairedFolder
 from derain_cli.devices import keep_freed_memory
+from derain_cli.errors import NonFiniteError
 from derain_cli.imageio import read_image, to_uint8
 from derain_cli.metrics import score_pair
 from derain_cli.pipeline import DerainPipeline, SampleOptions
@@ -92,14 +93,14 @@ def mean_row(label: str, sampler: str | None, calls: int | None, rows: list[dict
 
 
 def score_rows(pairs: list[dict], restore) -> list[dict]:
-    """Restore and score every pair; ``restore(lq)`` returns the output tensor and its call count."""
+    """Restore and score every pair; ``restore(lq)`` returns the output (None: non-finite) and its call count."""
     rows = []
     for pair in pairs:
         start = time.perf_counter()
         out, calls = restore(pair["lq"])
         seconds = time.perf_counter() - start
         row = {"set": pair["set"], "name": pair["name"], "calls": calls, "seconds": seconds,
-               "finite": bool(torch.isfinite(out).all())}
+               "finite": out is not None and bool(torch.isfinite(out).all())}
         if row["finite"]:
             row.update(score_pair(to_uint8(out), to_uint8(pair["gt"])))
         rows.append(row)
@@ -111,11 +112,13 @@ def sampler_restore(pipeline: DerainPipeline, sampler: str, calls: int):
     options = SampleOptions(steps=calls, sampler=sampler, seed=0, tile=None)
     network = DerainPipeline.denoiser.__get__(pipeline)
 
-    def restore(lq: torch.Tensor) -> tuple[torch.Tensor, int]:
+    def restore(lq: torch.Tensor) -> tuple[torch.Tensor | None, int]:
         counter = CountingDenoiser(network)
         pipeline.denoiser = counter  # the pipeline samples with self.denoiser: count its calls
         try:
             return pipeline.restore(lq, options), counter.calls
+        except NonFiniteError:
+            return None, counter.calls
         finally:
             del pipeline.denoiser
 
@@ -196,7 +199,9 @@ def main() -> None:
         parser.error("--unet and --data are required (or --merge)")
     keep_freed_memory()  # as the CLI runs
     torch.set_num_threads(args.threads)
-    pipeline = load(ModelSpec(unet=args.unet), device="cpu", precision="fp32").pipeline
+    pipeline = load(ModelSpec(unet=args.unet), device="cpu", precision="fp32").restorer
+    if not isinstance(pipeline, DerainPipeline):
+        parser.error(f"{args.unet}: a cascade of U-Nets; give one U-Net")
     pairs = held_out_pairs(args.data, args.limit, args.crop)
     report = {"unet": str(args.unet), "sde": pipeline.sde.config, "prediction": pipeline.prediction,
               "crop": args.crop, "threads": args.threads, "torch": torch.__version__,

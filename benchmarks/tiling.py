@@ -31,12 +31,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    loaded = load(ModelSpec(unet=args.unet), device="cpu")
+    pipeline = load(ModelSpec(unet=args.unet), device="cpu", passes=1).restorer
     lq = read_image(args.image).rgb
-    steps = args.steps or loaded.steps
-    whole = to_uint8(loaded.pipeline.restore(lq, SampleOptions(steps=steps, tile=None)))
-    tiled = to_uint8(loaded.pipeline.restore(lq, SampleOptions(steps=steps, tile=args.tile,
-                                                               tile_overlap=args.overlap)))
+    steps = args.steps or pipeline.options().steps
+    whole = to_uint8(pipeline.restore(lq, SampleOptions(steps=steps, tile=None)))
+    tiled = to_uint8(pipeline.restore(lq, SampleOptions(steps=steps, tile=args.tile, tile_overlap=args.overlap)))
     diff = np.abs(whole.astype(int) - tiled.astype(int))
     print(f"{args.image.name} {lq.shape[-1]}x{lq.shape[-2]}, tile {args.tile}, overlap {args.overlap}, {steps} steps")
     print(f"tiled vs untiled: PSNR {psnr(whole, tiled):.2f} dB, mean |diff| {diff.mean():.3f}, max |diff| {diff.max()}")

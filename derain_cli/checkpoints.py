@@ -1,4 +1,9 @@
-"""Safe reading of official DA-CLIP / IR-SDE checkpoints (pickles and safetensors) and strict model loading."""
+"""Safe reading of official DA-CLIP / IR-SDE checkpoints (pickles and safetensors) and strict model loading.
+
+A checkpoint's config (its architecture and model card) is the JSON beside it (``NAME.json``); the
+safetensors files derain writes also carry it in their metadata, so a file used without its JSON
+still runs as its model should.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +13,17 @@ import pickle
 import re
 import struct
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from derain_cli.errors import CheckpointError
+from derain_cli.card import parse_card
+from derain_cli.errors import CardError, CheckpointError, UsageError
 from derain_cli.unet import ConditionalUNet, infer_unet_config
 
 if TYPE_CHECKING:
@@ -30,6 +37,10 @@ _VISUAL_ALIAS = "visual."
 _KEYS_SHOWN = 5
 _ZIP_MAGIC = b"PK\x03\x04"
 _DACLIP_PREFIXES = ("clip.", "visual_control.")
+CONFIG_METADATA_KEY = "derain_config"  # safetensors metadata entry holding the JSON config
+# Keys of a checkpoint's config that describe the file rather than how to run it.
+CONFIG_ONLY_KEYS = frozenset({"unet", "daclip", "training"})
+_EXPORTED_WEIGHTS = "unet.safetensors"  # what `derain train` exports beside its resume state
 # Patterns of torch's weights-only unpickler messages that mean "this pickle wants to run code".
 _UNSAFE_GLOBAL = re.compile(r"GLOBAL (\S+) (?:was not an allowed global|whose module)")
 _UNSAFE_CALL = re.compile(r"unrecognized function|Can only (?:build|create new object)")
@@ -133,11 +144,57 @@ def _unwrap_training_checkpoint(obj: object, path: Path) -> Mapping:
     """
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
-    elif isinstance(obj, Mapping) and "format" in obj and isinstance(obj.get("model"), Mapping):
+    elif _is_training_state(obj):
         obj = obj["model"]
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: not a state dict (the file holds a {type(obj).__name__})")
     return obj
+
+
+def _is_training_state(obj: object) -> bool:
+    """Whether an unpickled object is the resume state ``derain train`` writes as ``state.pt``."""
+    return isinstance(obj, Mapping) and "format" in obj and isinstance(obj.get("model"), Mapping)
+
+
+def read_config(checkpoint: PathLike) -> tuple[dict | None, str]:
+    """A checkpoint's config and where it was read: the JSON beside it, else its embedded one; (None, "") for a bare file.
+
+    A ``derain train`` resume state (``state.pt``) is refused: its raw weights are not the run's
+    exported ones and it carries no card to run them with.
+    """
+    path = Path(checkpoint)
+    beside = path.with_suffix(".json")
+    if beside.is_file():
+        try:
+            return json.loads(beside.read_text()), str(beside)
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CardError(f"{beside}: cannot read the config beside the checkpoint: {err}") from None
+    if not path.is_file():
+        return None, ""
+    if _is_safetensors(path):
+        return _embedded_config(path)
+    if _is_training_state(_read_pickle(path)):
+        raise CheckpointError(
+            f"{path}: a `derain train` resume state, not weights to run (its raw weights come without the run's "
+            f"settings); use the exported weights beside it, {path.with_name(_EXPORTED_WEIGHTS)}"
+        )
+    return None, ""
+
+
+def _embedded_config(path: Path) -> tuple[dict | None, str]:
+    """The config a safetensors file carries in its metadata (written by save_safetensors), or (None, "")."""
+    try:
+        with safe_open(path, framework="pt") as file:
+            text = (file.metadata() or {}).get(CONFIG_METADATA_KEY)
+    except SafetensorError as err:
+        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({err})") from None
+    if text is None:
+        return None, ""
+    where = f"{path} (embedded config)"
+    try:
+        return json.loads(text), where
+    except json.JSONDecodeError as err:
+        raise CardError(f"{where}: invalid JSON: {err}") from None
 
 
 def _clean_state_dict(raw: Mapping, path: Path) -> dict[str, torch.Tensor]:
@@ -204,18 +261,80 @@ def load_daclip(path: PathLike, map_location: str | torch.device = "cpu") -> DAC
     return model.to(map_location).eval()
 
 
-def convert_checkpoint(src: PathLike, dst: PathLike, *, fp16: bool = False) -> tuple[str, Path]:
-    """Rewrite a U-Net or DA-CLIP checkpoint as safetensors plus <stem>.json; return (kind, config path)."""
+@dataclass(frozen=True)
+class Converted:
+    """What `convert_checkpoint` wrote: the kind of model, and the weights, their JSON and any further passes' weights."""
+
+    kind: str
+    files: tuple[Path, ...]
+
+
+def convert_checkpoint(src: PathLike, dst: PathLike, *, fp16: bool = False) -> Converted:
+    """Rewrite a U-Net or DA-CLIP checkpoint as safetensors plus <stem>.json, keeping its model card.
+
+    The source's card (the JSON beside it, or the config embedded in it) is copied into the output's
+    JSON and metadata with the architecture the tensors describe. A further passes' U-Net that the
+    card names (``repeat_unet``, a file beside the source) is converted too, as ``<stem>_repeat.safetensors``
+    beside the output, and the card names that file. Everything is read and checked before anything is written.
+    """
+    src, dst = Path(src), Path(dst)
+    source_config, where = read_config(src)  # refuses a training resume state before reading its weights
     state_dict = read_state_dict(src)
     kind = "daclip" if any(key.startswith(_DACLIP_PREFIXES) for key in state_dict) else "unet"
     if kind == "daclip":
         state_dict = with_visual_alias(state_dict, src)
-    model, config = _build(kind, state_dict, src, device="meta")  # shapes only: checks keys, no memory
-    _check_fits(model, state_dict, src)
-    if kind == "daclip":  # load_daclip restores the alias
+    config = _checked_architecture(kind, state_dict, src)
+    if kind == "daclip":  # load_daclip restores the alias; a DA-CLIP file has no card
         state_dict = {key: value for key, value in state_dict.items() if not key.startswith(_VISUAL_ALIAS)}
-    save_safetensors(state_dict, dst, {kind: config}, dtype=torch.float16 if fp16 else None)
-    return kind, Path(dst).with_suffix(".json")
+    card = _run_settings(source_config, where) if kind == "unet" else {}
+    outputs, sources = [dst, dst.with_suffix(".json")], [src, src.with_suffix(".json")]
+    repeat_state = None
+    if card.get("repeat_unet") is not None:
+        repeat_src = _repeat_source(src, card["repeat_unet"], where)
+        repeat_state = read_state_dict(repeat_src)
+        _checked_architecture("unet", repeat_state, repeat_src)
+        card["repeat_unet"] = f"{dst.stem}_repeat.safetensors"
+        outputs.append(dst.with_name(card["repeat_unet"]))
+        sources.append(repeat_src)
+    _refuse_overwriting(outputs, sources)
+    dtype = torch.float16 if fp16 else None
+    if repeat_state is not None:
+        save_safetensors(repeat_state, outputs[2], dtype=dtype)
+    save_safetensors(state_dict, dst, {**card, kind: config}, dtype=dtype)
+    return Converted(kind, tuple(outputs))
+
+
+def _checked_architecture(kind: str, state_dict: Mapping[str, torch.Tensor], path: PathLike) -> dict:
+    """The constructor kwargs the tensors describe, after checking every key and shape fits (no memory used)."""
+    model, config = _build(kind, state_dict, path, device="meta")
+    _check_fits(model, state_dict, path)
+    return config
+
+
+def _run_settings(config: dict | None, where: str) -> dict:
+    """A U-Net config without its architecture: the card (checked by the card parser) and the training notes."""
+    if config is None:
+        return {}
+    parse_card(config, where, ignore=CONFIG_ONLY_KEYS)
+    return {key: value for key, value in config.items() if key not in ("unet", "daclip")}
+
+
+def _repeat_source(src: Path, name: str, where: str) -> Path:
+    """The further passes' U-Net a card names: a file beside the checkpoint."""
+    path = src.parent / name
+    if Path(name).name != name:
+        raise CardError(f"{where}: 'repeat_unet' must be the name of a file beside it, got {name!r}")
+    if not path.is_file():
+        raise CardError(f"{path}: no such checkpoint file (named by {where} as 'repeat_unet')")
+    return path
+
+
+def _refuse_overwriting(outputs: list[Path], sources: list[Path]) -> None:
+    """Raise UsageError when an output file would replace one of the source files."""
+    for output in outputs:
+        for source in sources:
+            if output.exists() and source.exists() and output.samefile(source):
+                raise UsageError(f"{output}: would overwrite the source file {source}; choose another output name")
 
 
 def _architecture(kind: str) -> tuple[Callable[..., torch.nn.Module], Callable[[Mapping], dict]]:
@@ -278,19 +397,31 @@ def save_safetensors(
     *,
     dtype: torch.dtype | None = None,
 ) -> None:
-    """Write a state dict as safetensors (aliases stored once, floats cast to `dtype`) plus <stem>.json."""
+    """Write a state dict as safetensors (aliases stored once, floats cast to `dtype`) plus <stem>.json.
+
+    The config is also stored in the file's metadata (``derain_config``), where `read_config` finds
+    it when the JSON is not beside the file.
+    """
     path = Path(path)
     tensors = {name: _standalone(tensor, dtype) for name, tensor in _drop_aliases(state_dict).items()}
+    text = None if config is None else json.dumps(config, indent=2, sort_keys=True) + "\n"
+    # One metadata entry: safetensors writes several in a random order, and a checkpoint must be reproducible.
+    metadata = {"format": "pt"} if text is None else {CONFIG_METADATA_KEY: text}
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")  # never leave a truncated file under the real name
+    _write_atomic(path, lambda partial: save_file(tensors, partial, metadata=metadata))
+    if text is not None:
+        _write_atomic(path.with_suffix(".json"), lambda partial: partial.write_text(text))
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Write a file through ``write(partial)`` and move it into place: never a truncated file under the real name."""
+    partial = path.with_name(path.name + ".partial")
     try:
-        save_file(tensors, partial, metadata={"format": "pt"})
+        write(partial)
         os.chmod(partial, 0o666 & ~_umask())  # safetensors creates 0600 files; give the usual permissions
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
-    if config is not None:
-        path.with_suffix(".json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _umask() -> int:

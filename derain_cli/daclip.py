@@ -102,19 +102,14 @@ def _blocks_in(tower: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 def _encode(tower: nn.Module, images: torch.Tensor, control: list[torch.Tensor] | None = None) -> torch.Tensor:
-    """Image embedding of a CLIP tower, optionally adding the controller outputs after its blocks."""
-    return _pool(tower, _run_blocks(tower.transformer, _blocks_in(tower, images), control))
-
-
-def _run_blocks(transformer: nn.Module, x: torch.Tensor, control: list[torch.Tensor] | None = None) -> torch.Tensor:
-    """Run the CLIP blocks; with control, add after block i the controller output of block L-1-i (reference order)."""
-    blocks = transformer.resblocks
+    """Image embedding of a CLIP tower; with control, block i adds controller block L-1-i's output (reference order)."""
+    x, blocks = _blocks_in(tower, images), tower.transformer.resblocks
     added = reversed(control) if control is not None else [None] * len(blocks)
     for block, hidden in zip(blocks, added, strict=True):
         x = block(x)
         if hidden is not None:
             x = x + hidden
-    return x
+    return _pool(tower, x)
 
 
 def _pool(tower: nn.Module, x: torch.Tensor) -> torch.Tensor:

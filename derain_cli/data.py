@@ -25,11 +25,10 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from derain_cli.errors import DerainError
-from derain_cli.imageio import read_rgb8
+from derain_cli.imageio import list_images, read_rgb8
 from derain_cli.pairing import pair_files
 from derain_cli.synth import PRESETS, RainConfig, render_rain
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 LQ_NAMES = ("LQ", "lq", "input", "rain")
 GT_NAMES = ("GT", "gt", "target", "norain")
 
@@ -54,13 +53,6 @@ def torch_generator(seed: int, k: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files directly inside ``folder``, sorted by name."""
-    if not folder.is_dir():
-        raise DerainError(f"{folder}: no such folder")
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-
-
 class PairedFolder:
     """Degraded/clean image pairs of two folders, matched by file name (see derain_cli.pairing)."""
 
@@ -77,9 +69,6 @@ class PairedFolder:
 
     def __len__(self) -> int:
         return len(self.pairs)
-
-    def __repr__(self) -> str:
-        return f"PairedFolder({str(self.lq_dir)!r}, {str(self.gt_dir)!r}, pairs={len(self)})"
 
     def read(self, index: int) -> Pair:
         """The pair ``index`` as uint8 RGB arrays (LQ, GT); raises if their sizes differ."""
@@ -105,16 +94,13 @@ class RainOnClean:
         files = list_images(self.clean_dir)
         if not files:
             raise DerainError(f"{self.clean_dir}: no images to render rain on")
-        self.preset, self.copies, self.rain = preset, copies, PRESETS[preset]
+        self.rain = PRESETS[preset]
         self.pairs: list[tuple[Path, Path]] = [(f, f) for f in files for _ in range(copies)]
         self.unpaired_lq: list[Path] = []
         self.unpaired_gt: list[Path] = []
 
     def __len__(self) -> int:
         return len(self.pairs)
-
-    def __repr__(self) -> str:
-        return f"RainOnClean({str(self.clean_dir)!r}, {self.preset!r}, copies={self.copies}, pairs={len(self)})"
 
     def read(self, index: int) -> Pair:
         """The clean photograph ``index`` as uint8 RGB, twice (the rain is rendered per sample)."""

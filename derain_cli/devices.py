@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+import os
+from pathlib import Path
 
 import torch
 
-from derain_cli.errors import DerainError
+from derain_cli.allocator import keep_freed_memory  # noqa: F401 - torch-free, so that `derain --help` stays fast
+from derain_cli.card import PRECISIONS
+from derain_cli.errors import DerainError, UsageError
 
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
-PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES: dict[str, torch.dtype] = dict(zip(PRECISIONS, (torch.float32, torch.bfloat16, torch.float16)))
 
 
 def _mps_available() -> bool:
@@ -42,16 +45,60 @@ def resolve_device(name: str = "auto") -> tuple[torch.device, str | None]:
         if not _mps_available():
             return torch.device("cpu"), "MPS is not available here: falling back to the CPU (slow)"
         return torch.device("mps"), None
-    raise DerainError(f"unknown device {name!r}; choose from auto, cpu, cuda, cuda:N, mps")
+    raise UsageError(f"unknown device {name!r}; choose from auto, cpu, cuda, cuda:N, mps")
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     """The compute dtype: ``auto`` is fp16 on CUDA (mixed precision) and fp32 elsewhere."""
     if precision == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
-    if precision not in PRECISIONS:
-        raise DerainError(f"unknown precision {precision!r}; choose from auto, {', '.join(PRECISIONS)}")
-    return PRECISIONS[precision]
+    if precision not in DTYPES:
+        raise UsageError(f"unknown precision {precision!r}; choose from auto, {', '.join(PRECISIONS)}")
+    return DTYPES[precision]
+
+
+def usable_cpus() -> int:
+    """CPUs this process may use: its CPU affinity, capped by a cgroup CPU quota (containers)."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        count = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    return max(1, min(count, math.ceil(quota))) if quota else max(1, count)
+
+
+def _cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The CPUs a cgroup quota allows (``cpu.max`` of cgroup v2, else v1's cfs quota), None if unlimited."""
+    try:
+        quota, _, period = (root / "cpu.max").read_text().partition(" ")
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def set_threads(count: int | None = None) -> int:
+    """Set torch's CPU threads (intra- and inter-op) to ``count``; None caps torch's default at ``usable_cpus()``.
+
+    Returns the thread count now in use. The default never raises torch's own count (which follows
+    OMP_NUM_THREADS), it only lowers it where a quota or affinity leaves fewer CPUs.
+    """
+    if count is not None and count < 1:
+        raise UsageError(f"--threads {count}: expected a number of at least 1")
+    count = count or min(torch.get_num_threads(), usable_cpus())
+    if count != torch.get_num_threads():
+        torch.set_num_threads(count)
+    try:
+        if count != torch.get_num_interop_threads():
+            torch.set_num_interop_threads(count)
+    except RuntimeError:  # only settable before the first inter-op parallel work of the process
+        pass
+    return count
 
 
 def free_memory_bytes(device: torch.device) -> int:
@@ -66,29 +113,4 @@ def free_memory_bytes(device: torch.device) -> int:
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    import os
-
     return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc to keep freed memory for reuse instead of returning it to the OS at once.
-
-    PyTorch's CPU tensors come straight from malloc; large ones are mmap-ed and unmapped on
-    every free, so each sampler step page-faults its activations in again. On a 2-core VM this
-    cost 40% of a U-Net call. Numbers are unchanged; memory is simply reused. Returns whether the
-    setting was applied (glibc only).
-    """
-    import ctypes
-    import ctypes.util
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4
-    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**30))

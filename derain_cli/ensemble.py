@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from derain_cli.card import ENSEMBLE_SIZES
 from derain_cli.sde import Denoiser
 
 # (mirror left-right, mirror upside-down) for each member, in order; an n-member ensemble uses the first n.
 FLIPS = ((False, False), (True, False), (False, True), (True, True))
-ENSEMBLE_SIZES = (1, 2, 4)
 
 
 def _flip(x: Tensor, horizontal: bool, vertical: bool) -> Tensor:

@@ -7,6 +7,10 @@ class DerainError(Exception):
     """Base class of the failures a user can cause and fix (bad file, bad option, missing weights)."""
 
 
+class UsageError(DerainError):
+    """A command-line choice that cannot work (exit code 2): a value out of range, options that conflict."""
+
+
 class CheckpointError(DerainError):
     """A checkpoint file cannot be read safely or does not match the architecture."""
 
@@ -17,3 +21,11 @@ class ImageError(DerainError):
 
 class WeightsError(DerainError):
     """A weights entry cannot be found, downloaded or verified."""
+
+
+class CardError(WeightsError):
+    """A model card (a manifest model entry or the JSON beside a checkpoint) is invalid."""
+
+
+class NonFiniteError(DerainError):
+    """A sampler run gave NaN or infinite values (an overflow, e.g. in half precision): nothing is written."""

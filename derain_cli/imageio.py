@@ -19,13 +19,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import TYPE_CHECKING, BinaryIO, Literal
 
 import numpy as np
-import torch
 from PIL import Image, TiffImagePlugin, UnidentifiedImageError
 
-from derain_cli.errors import ImageError
+from derain_cli.errors import ImageError, UsageError
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: checking a path needs none of it
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,15 @@ class LoadedImage:
 def is_image_file(path: str | os.PathLike[str]) -> bool:
     """Whether the file name has one of `IMAGE_EXTENSIONS` (case-insensitive; the file is not opened)."""
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def list_images(folder: str | os.PathLike[str], recursive: bool = False) -> list[Path]:
+    """The image files (by `IMAGE_EXTENSIONS`) in ``folder``, or its whole tree if ``recursive``, sorted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ImageError(f"{folder}: not a folder")
+    found = folder.glob("**/*") if recursive else folder.iterdir()
+    return sorted(path for path in found if is_image_file(path) and path.is_file())
 
 
 # ----------------------------------------------------------------------------------------- reading
@@ -300,6 +311,8 @@ def _upright(a: np.ndarray, orientation: int) -> np.ndarray:
 
 def _to_tensor(pixels: np.ndarray, bits: int) -> torch.Tensor:
     """Float32 [1, 3, H, W] tensor in [0, 1] from [H, W] (replicated) or [H, W, 3] integer samples."""
+    import torch
+
     x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).div_(2**bits - 1)
     x = x.unsqueeze(0).expand(3, -1, -1) if x.ndim == 2 else x.permute(2, 0, 1)
     return x.unsqueeze(0).contiguous()
@@ -374,6 +387,46 @@ def _format_for(path: Path) -> str:
                          f"choose from {', '.join(sorted(IMAGE_EXTENSIONS))}") from None
 
 
+def check_image_extension(path: Path, option: str = "-o") -> None:
+    """Raise UsageError unless ``path`` ends in an extension `write_image` knows (the format comes from it)."""
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        return
+    problem = f"unknown image extension {path.suffix!r}" if path.suffix else "no image extension"
+    raise UsageError(f"{option} {path}: {problem}; end it in one of {', '.join(sorted(IMAGE_EXTENSIONS))}")
+
+
+def check_output_path(path: Path, source: Path | None = None, option: str = "-o") -> None:
+    """Raise unless an image can be written at ``path`` (not ``source``); creates nothing.
+
+    An unknown or missing extension is a UsageError (the command line is wrong whatever the disk
+    holds); an existing folder, the input itself, a parent that is a file or that cannot be written
+    are ImageErrors.
+    """
+    if path.is_dir():
+        hint = f" (e.g. {path / source.name})" if source is not None else ""
+        raise ImageError(f"cannot write {path}: it is a folder; give the output file's name{hint}")
+    check_image_extension(path, option)
+    if source is not None and _same_file(path, source):
+        raise ImageError(f"cannot write {path}: it is the input image; choose another output path")
+    check_writable_folder(path.parent, path)
+
+
+def check_writable_folder(folder: Path, target: Path | None = None) -> None:
+    """Raise ImageError unless ``folder`` is, or can be created as, a folder this process may write in.
+
+    Creates nothing: the nearest existing ancestor must be a folder with write and search permission.
+    ``target`` is the file named in the message (default: the folder).
+    """
+    existing = folder
+    while not (existing.exists() or existing.is_symlink()) and existing != existing.parent:
+        existing = existing.parent
+    what = target if target is not None else folder
+    if not existing.is_dir():
+        raise ImageError(f"cannot write {what}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ImageError(f"cannot write {what}: the folder {existing} is not writable")
+
+
 def _same_file(a: Path, b: Path) -> bool:
     """Whether two paths name the same file (also through links)."""
     return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
@@ -381,6 +434,8 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def _quantize(rgb: torch.Tensor, bits: int, grayscale: bool) -> np.ndarray:
     """[H, W] (grayscale: channel mean) or [H, W, 3] uint8/uint16 samples of a [1, 3, H, W] tensor."""
+    import torch
+
     if rgb.ndim != 4 or rgb.shape[:2] != (1, 3):
         raise ValueError(f"expected an RGB tensor of shape [1, 3, H, W], got {tuple(rgb.shape)}")
     x = rgb.detach()[0].to("cpu", torch.float32)
@@ -428,6 +483,16 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
             raise ImageError(f"cannot write {path}: {err.strerror or _one_line(err)}") from err
         raise
     _fsync_directory(path.parent)
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write a text file (a report) atomically, creating its folder."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ImageError(f"cannot write {path}: {err.strerror or _one_line(err)}") from err
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -19,9 +19,7 @@ import numpy as np
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
-SSIM_K1 = 0.01
-SSIM_K2 = 0.03
-SSIM_DATA_RANGE = 255.0
+SSIM_C1, SSIM_C2 = (0.01 * 255.0) ** 2, (0.03 * 255.0) ** 2  # (K1 L)^2 and (K2 L)^2, data range L = 255
 
 # MATLAB rgb2ycbcr luma row for R, G, B in [0, 1]; Y = 16 + row . (R, G, B)
 BT601_LUMA = np.array([65.481, 128.553, 24.966])
@@ -74,16 +72,14 @@ def _filter_valid(img: np.ndarray, taps: np.ndarray) -> np.ndarray:
 
 def _ssim_channel(x: np.ndarray, y: np.ndarray) -> float:
     """Mean SSIM map (Wang et al. 2004, eq. 13) of two 2-D float64 images, valid window only."""
-    c1 = (SSIM_K1 * SSIM_DATA_RANGE) ** 2
-    c2 = (SSIM_K2 * SSIM_DATA_RANGE) ** 2
     taps = gaussian_window_1d()
     mu_x = _filter_valid(x, taps)
     mu_y = _filter_valid(y, taps)
     var_x = _filter_valid(x * x, taps) - mu_x * mu_x
     var_y = _filter_valid(y * y, taps) - mu_y * mu_y
     cov = _filter_valid(x * y, taps) - mu_x * mu_y
-    ssim_map = ((2.0 * mu_x * mu_y + c1) * (2.0 * cov + c2)) / (
-        (mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2)
+    ssim_map = ((2.0 * mu_x * mu_y + SSIM_C1) * (2.0 * cov + SSIM_C2)) / (
+        (mu_x * mu_x + mu_y * mu_y + SSIM_C1) * (var_x + var_y + SSIM_C2)
     )
     return float(ssim_map.mean())
 

@@ -1,24 +1,29 @@
-"""Turn the model options (`--model`, `--unet`, `--daclip`, SDE flags) into a ready pipeline."""
+"""Turn the model options (`--model`, `--unet`, `--daclip`, SDE flags) into a ready restorer.
+
+A manifest model brings its card; a checkpoint file brings the card in the JSON beside it
+(`NAME.json`) or, without one, the config derain embedded in its safetensors metadata, read by the
+same strict parser; a bare file gets the universal model's settings, which the SDE flags may change.
+The restorer is a pipeline, or a cascade where the card has passes.
+"""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
+from derain_cli.card import DEFAULT_SDE, CascadeCard, ModelCard, SDESettings, parse_card
+from derain_cli.cascade import Cascade
+from derain_cli.checkpoints import CONFIG_ONLY_KEYS, load_daclip, load_unet, read_config
 from derain_cli.devices import resolve_device, resolve_precision
-from derain_cli.errors import DerainError
-from derain_cli.pipeline import DerainPipeline, SampleOptions
-from derain_cli.sde import IRSDE
-from derain_cli.weights import load_manifest, pick_auto_model, resolve_model, resolve_weights, run_defaults
-
-# The universal model's settings (the reference's test options), used for bare checkpoint files.
-DEFAULT_SDE = {"max_sigma": 50.0, "T": 100, "schedule": "cosine", "eps": 0.005}
+from derain_cli.errors import CardError, DerainError, UsageError
+from derain_cli.pipeline import DerainPipeline, Restorer
+from derain_cli.weights import load_manifest, pick_auto_model, resolve_model, resolve_weights
 
 
 @dataclass
 class ModelSpec:
-    """Which weights to run: a manifest model name, or checkpoint paths with SDE settings."""
+    """Which weights to run: a manifest model name, or checkpoint paths (SDE flags for bare files)."""
 
     model: str = "auto"
     manifest: Path | None = None
@@ -27,98 +32,114 @@ class ModelSpec:
     max_sigma: float | None = None
     schedule: str | None = None
     eps: float | None = None
-    T: int | None = None
     offline: bool = False
+
+    def sde_flags(self) -> dict:
+        """The SDE settings given as flags."""
+        flags = {"max_sigma": self.max_sigma, "schedule": self.schedule, "eps": self.eps}
+        return {key: value for key, value in flags.items() if value is not None}
+
+
+@dataclass(frozen=True)
+class Note:
+    """Something to tell the user about the loaded model: ``info`` or ``warning``."""
+
+    kind: Literal["info", "warning"]
+    text: str
 
 
 @dataclass
 class Loaded:
-    """A pipeline with the defaults its model asks for and what to tell the user about it."""
+    """A restorer (a pipeline or a cascade, carrying its model card) and what to tell the user."""
 
-    pipeline: DerainPipeline
+    restorer: Restorer
     description: str
-    steps: int | None = None
-    sampler: str = "posterior"
-    notes: list[str] = field(default_factory=list)
-    passes: int = 1
-    repeat_above: float | tuple[float, ...] | None = None
-    tile: int | None = None  # the tile size `--tile auto` uses; None: the largest that fits the memory
-
-    def options(self, **changes) -> SampleOptions:
-        """Sampling options with the model's defaults (steps, sampler, tile, passes), then ``changes``."""
-        defaults = SampleOptions(steps=self.steps, sampler=self.sampler, tile=self.tile or "auto",
-                                 passes=self.passes, repeat_above=self.repeat_above)
-        return replace(defaults, **changes)
+    notes: list[Note] = field(default_factory=list)
 
 
-def sidecar_config(checkpoint: Path) -> dict:
-    """The JSON config beside a checkpoint (`NAME.json` next to `NAME.safetensors`), or {}."""
-    path = checkpoint.with_suffix(".json")
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise DerainError(f"{path}: cannot read the config beside the checkpoint: {err}") from None
-    if not isinstance(data, dict):
-        raise DerainError(f"{path}: expected a JSON object")
-    return data
+def read_card(checkpoint: Path, flags: dict | None = None) -> ModelCard:
+    """The card a checkpoint carries (see read_config), or the universal settings (with SDE ``flags``) for a bare file."""
+    data, where = read_config(checkpoint)
+    if data is None:
+        return ModelCard(sde=SDESettings(**{**DEFAULT_SDE, **(flags or {})}))
+    if flags and isinstance(data, dict) and "sde" in data:
+        what = f"{Path(where).name} beside the checkpoint" if where.endswith(".json") else where
+        raise UsageError(f"--{'/--'.join(k.replace('_', '-') for k in flags)}: {what} "
+                         "sets the SDE; the flags are for a bare checkpoint file")
+    if flags and isinstance(data, dict):
+        data = {**data, "sde": {**DEFAULT_SDE, **flags}}
+    return parse_card(data, where, ignore=CONFIG_ONLY_KEYS)
 
 
-def _beside(checkpoint: Path, name: object) -> Path | None:
-    """The further passes' U-Net a checkpoint's JSON config names (a file in the same folder), or None."""
-    if name is None:
-        return None
+def _check_sampling(card: ModelCard, sampler: str | None, steps: int | None, fast: bool) -> None:
+    """Raise UsageError unless the card supports the sampling asked for."""
+    if fast:
+        sampler, steps = card.fast_sampling
+    card.check_sampling(sampler, steps)
+
+
+def _beside(checkpoint: Path, name: str) -> Path:
+    """The further passes' U-Net that a checkpoint's JSON names: a file in the same folder."""
     where = checkpoint.with_suffix(".json")
-    if not isinstance(name, str) or not name or Path(name).name != name:
-        raise DerainError(f"{where}: 'repeat_unet' must be the name of a file beside it, got {name!r}")
+    if Path(name).name != name:
+        raise CardError(f"{where}: 'repeat_unet' must be the name of a file beside it, got {name!r}")
     path = checkpoint.parent / name
     if not path.is_file():
-        raise DerainError(f"{path}: no such checkpoint file (named by {where.name} as 'repeat_unet')")
+        raise CardError(f"{path}: no such checkpoint file (named by {where.name} as 'repeat_unet')")
     return path
 
 
-def _sde_settings(spec: ModelSpec, base: dict) -> dict:
-    """SDE settings: the model's own, overridden by any flag the user gave."""
-    flags = {"max_sigma": spec.max_sigma, "schedule": spec.schedule, "eps": spec.eps, "T": spec.T}
-    return {**DEFAULT_SDE, **base, **{k: v for k, v in flags.items() if v is not None}}
+def load(spec: ModelSpec, device: str = "auto", precision: str = "auto", passes: int | None = None,
+         steps: int | None = None, sampler: str | None = None, fast: bool = False) -> Loaded:
+    """Resolve the weights (downloading them if needed) and build the restorer on ``device``.
 
-
-def load(spec: ModelSpec, device: str = "auto", precision: str = "auto") -> Loaded:
-    """Resolve the weights (downloading them if needed) and build the pipeline on ``device``."""
+    ``passes``: None runs the card's passes; a number runs that many on every image. ``steps`` and
+    ``sampler`` (or ``fast``), when given, are checked against the card before any weights are
+    fetched or read.
+    """
     torch_device, device_note = resolve_device(device)
     resolve_precision(precision, torch_device)  # fail on a bad choice before loading anything
-    notes = [device_note] if device_note else []
+    if passes is not None and passes < 1:
+        raise UsageError(f"--passes {passes}: expected auto or a number of at least 1")
+    notes = [Note("warning", device_note)] if device_note else []
     if spec.unet is not None:
         unet_path, daclip_path = Path(spec.unet), Path(spec.daclip) if spec.daclip else None
         for path in filter(None, (unet_path, daclip_path)):
             if not path.is_file():
                 raise DerainError(f"{path}: no such checkpoint file")
-        config = sidecar_config(unet_path)
-        sde = _sde_settings(spec, config.get("sde", {}))
-        repeat_path = _beside(unet_path, config.get("repeat_unet"))
+        card = read_card(unet_path, spec.sde_flags())
+        _check_sampling(card, sampler, steps, fast)
+        repeat_path = _beside(unet_path, card.cascade.unet) if card.cascade and card.cascade.unet else None
         description = f"U-Net {unet_path}" + (f" + DA-CLIP {daclip_path}" if daclip_path else "")
-        description += f" (further passes: {repeat_path.name})" if repeat_path else ""
-        steps, sampler = config.get("steps"), config.get("sampler", "posterior")
-        prediction = config.get("prediction", "noise")
-        passes, repeat_above, tile, model_precision = run_defaults(config, str(unet_path.with_suffix(".json")))
     else:
+        if spec.sde_flags():
+            raise UsageError("--max-sigma/--schedule/--eps are for a bare --unet file; a manifest model's card sets its SDE")
         manifest = load_manifest(spec.manifest)
         name = spec.model
         if name == "auto":
             name, reason = pick_auto_model(manifest)
-            notes.append(f"model {name!r}: {reason}")
+            notes.append(Note("info", f"model {name!r}: {reason}"))
         entry = resolve_model(manifest, name)
+        card = entry.card
+        _check_sampling(card, sampler, steps, fast)
         unet_path = resolve_weights(manifest, entry.unet, offline=spec.offline)
         daclip_path = resolve_weights(manifest, entry.daclip, offline=spec.offline) if entry.daclip else None
         repeat_path = resolve_weights(manifest, entry.repeat_unet, offline=spec.offline) if entry.repeat_unet else None
-        sde = _sde_settings(spec, vars(entry.sde))
-        description = f"model {name!r}" + (f" ({entry.description})" if entry.description else "")
-        steps, sampler, prediction = entry.steps, entry.sampler, entry.prediction
-        passes, repeat_above, tile = entry.passes, entry.repeat_above, entry.tile
-        model_precision = entry.precision
-    if precision == "auto" and model_precision is not None:
-        precision = model_precision  # the model's own choice (the bundled one is exact and faster in fp32)
-    pipeline = DerainPipeline.from_files(unet_path, daclip_path, IRSDE(**sde), device=str(torch_device),
-                                         precision=precision, prediction=prediction, repeat_unet_path=repeat_path)
-    return Loaded(pipeline, description, steps, sampler, notes, passes, repeat_above, tile)
+        description = f"model {name!r}" + (f" ({card.description})" if card.description else "")
+    if passes is not None:
+        card = replace(card, cascade=CascadeCard(passes, None, card.cascade.unet if card.cascade else None))
+    if card.cascade is not None and card.cascade.passes == 1:
+        card, repeat_path = replace(card, cascade=None), None
+    if card.cascade and repeat_path is not None:
+        description += f" (further passes: {repeat_path.name})"
+    if precision == "auto" and card.precision is not None:
+        precision = card.precision  # the model's own choice (the bundled one is exact and faster in fp32)
+    dtype = resolve_precision(precision, torch_device)
+    daclip = load_daclip(daclip_path) if daclip_path is not None else None
+    first = DerainPipeline(load_unet(unet_path), daclip=daclip, device=torch_device, dtype=dtype, card=card)
+    if card.cascade is None:
+        return Loaded(first, description, notes)
+    further = None
+    if repeat_path is not None:
+        further = DerainPipeline(load_unet(repeat_path), daclip=daclip, device=torch_device, dtype=dtype, card=card)
+    return Loaded(Cascade(first, card.cascade, further), description, notes)

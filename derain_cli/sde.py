@@ -11,10 +11,13 @@ The object only holds the schedule: the network comes in as a denoiser callable 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Callable, Literal, Protocol
+from typing import TYPE_CHECKING, Callable, Literal, Protocol, Sequence, Union
 
 import torch
 from torch import Tensor
+
+from derain_cli.card import PREDICTIONS, SAMPLERS  # noqa: F401 - the choices, defined once in the card
+from derain_cli.card import SCHEDULES as SCHEDULE_NAMES
 
 if TYPE_CHECKING:
     from derain_cli.mars import MarsOptions
@@ -23,6 +26,9 @@ Schedule = Literal["cosine", "linear", "constant"]
 Sampler = Literal["posterior", "sde", "ode", "mr"]
 Prediction = Literal["noise", "x0"]
 StepCallback = Callable[[int, int], None]
+# One generator draws the noise of the whole batch; a sequence holds one generator per image, so
+# that each image's noise does not depend on the batch it is in.
+Generators = Union[torch.Generator, Sequence[torch.Generator], None]
 
 
 class Denoiser(Protocol):
@@ -56,9 +62,7 @@ SCHEDULES: dict[str, Callable[[int], Tensor]] = {
     "linear": linear_thetas,
     "constant": constant_thetas,
 }
-SAMPLERS = ("posterior", "sde", "ode", "mr")  # "mr": MaRS, in derain_cli.mars
-# What the network outputs: the noise of x_t (the reference) or the clean image x_0 itself.
-PREDICTIONS = ("noise", "x0")
+assert tuple(SCHEDULES) == SCHEDULE_NAMES, "the card's schedule names and these tables must agree"
 
 
 def _at(table: Tensor, t: Tensor | int, like: Tensor) -> Tensor:
@@ -147,12 +151,12 @@ class IRSDE:
 
     # -- sampling -----------------------------------------------------------------------------
 
-    def noise_state(self, mu: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def noise_state(self, mu: Tensor, generator: Generators = None) -> Tensor:
         """Start of the reverse process: mu + max_sigma * N(0, I), as the reference."""
         return mu + _randn_like(mu, generator) * self.max_sigma
 
     def step(self, x_t: Tensor, mu: Tensor, noise: Tensor, t: int, sampler: Sampler = "posterior",
-             generator: torch.Generator | None = None) -> Tensor:
+             generator: Generators = None) -> Tensor:
         """One reverse step x_t -> x_{t-1} from a noise estimate, with the chosen sampler."""
         if sampler == "posterior":
             x0 = self.x0_from_noise(x_t, mu, noise, t)
@@ -174,7 +178,7 @@ class IRSDE:
 
     @torch.no_grad()
     def sample(self, denoiser: Denoiser, lq: Tensor, steps: int | None = None,
-               sampler: Sampler = "posterior", generator: torch.Generator | None = None,
+               sampler: Sampler = "posterior", generator: Generators = None,
                x_T: Tensor | None = None, callback: StepCallback | None = None,
                prediction: Prediction = "noise", mr_options: MarsOptions | None = None,
                **context: Tensor) -> Tensor:
@@ -185,6 +189,9 @@ class IRSDE:
         floats unless T is a multiple of ``steps``. ``callback(i, n)`` is called after each step.
         With ``prediction="x0"`` the denoiser returns the clean image, turned into the noise it
         implies at this step (the posterior sampler then recovers that clean image exactly).
+
+        ``generator``: one generator for the whole batch, one per image (a sequence), or None for
+        the global RNG.
 
         ``sampler="mr"`` runs MaRS (:func:`derain_cli.mars.sample_mars`) with ``mr_options``
         (default ``MarsOptions()``, the official mrsampler.yml): ``steps`` network calls on the
@@ -213,7 +220,7 @@ class IRSDE:
         return x
 
     def _sample_mars(self, denoiser: Denoiser, lq: Tensor, steps: int,
-                     generator: torch.Generator | None, x_T: Tensor | None,
+                     generator: Generators, x_T: Tensor | None,
                      callback: StepCallback | None, prediction: Prediction,
                      options: MarsOptions | None, **context: Tensor) -> Tensor:
         """MaRS from x_T (drawn as for the other samplers when not given) on mr-sampler's tables."""
@@ -232,8 +239,17 @@ def _model_times(t: int, scale: float, batch: int, device: torch.device) -> Tens
     return torch.full((batch,), value, dtype=dtype, device=device)
 
 
-def _randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Standard normal noise shaped like ``x``, from ``generator`` or the global RNG."""
+def _randn_like(x: Tensor, generator: Generators) -> Tensor:
+    """Standard normal noise shaped like ``x``: from ``generator``, one generator per image, or the global RNG."""
     if generator is None:
         return torch.randn_like(x)
-    return torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
+    if isinstance(generator, torch.Generator):
+        return _randn(x.shape, generator, x)
+    if len(generator) != len(x):
+        raise ValueError(f"got {len(generator)} generators for a batch of {len(x)} images")
+    return torch.cat([_randn((1, *x.shape[1:]), g, x) for g in generator])
+
+
+def _randn(shape: Sequence[int], generator: torch.Generator, like: Tensor) -> Tensor:
+    """Standard normal noise of ``shape`` drawn by ``generator``, on ``like``'s device and dtype."""
+    return torch.randn(shape, generator=generator, device=generator.device, dtype=like.dtype).to(like.device)

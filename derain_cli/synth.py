@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -30,11 +30,10 @@ import numpy as np
 from PIL import Image
 
 from .errors import DerainError, ImageError
-from .imageio import atomic_write, read_rgb8
+from .imageio import IMAGE_EXTENSIONS, atomic_write, list_images, read_rgb8
 
 Range = tuple[float, float]
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _SUPERSAMPLE = 3  # sub-pixel samples per axis when drawing kernels (anti-aliasing)
 
 
@@ -179,21 +178,21 @@ def drop_kernel(radius: float) -> np.ndarray:
     return _pixel_mean((0.5 + 0.5 * r**2) * disc)
 
 
-def _splat(seeds: np.ndarray, kernel: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Convolve seeds (H+2h, W+2h) with a (2h+1)^2 kernel by FFT and return the valid H x W part."""
+def _splat(rng: np.random.Generator, kernel: np.ndarray, shape: tuple[int, int], density: float,
+           intensity: float) -> np.ndarray:
+    """Return an H x W layer of sparse drops splatted with a (2h+1)^2 kernel by FFT, clipped to [0, 1].
+
+    The drops, drawn over the image and an h-pixel margin, are a fraction `density` of pixels valued
+    in [intensity / 2, intensity).
+    """
     half = kernel.shape[0] // 2
+    u = rng.random((shape[0] + 2 * half, shape[1] + 2 * half))
+    seeds = np.where(u < density, intensity * (0.5 + 0.5 * u / max(density, 1e-12)), 0.0)
     fft_shape = (_fft_size(seeds.shape[0]), _fft_size(seeds.shape[1]))
     spectrum = np.fft.rfft2(seeds, fft_shape) * np.fft.rfft2(kernel, fft_shape)
     full = np.fft.irfft2(spectrum, fft_shape)
     h, w = shape
-    return full[2 * half: 2 * half + h, 2 * half: 2 * half + w]
-
-
-def _seeds(rng: np.random.Generator, shape: tuple[int, int], density: float,
-           intensity: float) -> np.ndarray:
-    """Return sparse drops: a fraction `density` of pixels, valued in [intensity / 2, intensity)."""
-    u = rng.random(shape)
-    return np.where(u < density, intensity * (0.5 + 0.5 * u / max(density, 1e-12)), 0.0)
+    return np.clip(full[2 * half: 2 * half + h, 2 * half: 2 * half + w], 0.0, 1.0)
 
 
 def _screen(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -212,20 +211,15 @@ def _streak_layer(rng: np.random.Generator, shape: tuple[int, int], config: Rain
     width = _lerp(config.width, near) * scale
     density = _lerp(config.density, far) / scale**2
     intensity = _uniform(rng, config.intensity)
-    kernel = streak_kernel(length, width, angle)
-    pad = kernel.shape[0] // 2
-    seeds = _seeds(rng, (shape[0] + 2 * pad, shape[1] + 2 * pad), min(density, 1.0), intensity)
-    return np.clip(_splat(seeds, kernel, shape), 0.0, 1.0)
+    return _splat(rng, streak_kernel(length, width, angle), shape, min(density, 1.0), intensity)
 
 
 def _drop_layer(rng: np.random.Generator, shape: tuple[int, int], config: RainConfig,
                 scale: float) -> np.ndarray:
     """Render round drops (splashes on the lens) of one random radius and density."""
     kernel = drop_kernel(_uniform(rng, config.splash_radius) * scale)
-    pad = kernel.shape[0] // 2
     density = min(_uniform(rng, config.splash_density) / scale**2, 1.0)
-    seeds = _seeds(rng, (shape[0] + 2 * pad, shape[1] + 2 * pad), density, _uniform(rng, (0.3, 0.6)))
-    return np.clip(_splat(seeds, kernel, shape), 0.0, 1.0)
+    return _splat(rng, kernel, shape, density, _uniform(rng, (0.3, 0.6)))
 
 
 def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], cells: int = 4) -> np.ndarray:
@@ -304,14 +298,16 @@ def _output_names(files: Sequence[Path], copies: int) -> list[tuple[Path, int, s
 
 
 def synth_folder(clean_dir: str | Path, out_dir: str | Path, preset: str | RainConfig = "heavy",
-                 seed: int = 0, copies: int = 1, exts: Iterable[str] = IMAGE_EXTS,
+                 seed: int = 0, copies: int = 1,
                  on_pair: Callable[[Path, Path], None] | None = None) -> list[tuple[Path, Path]]:
     """Render rain on every image of clean_dir into out_dir/LQ (+ clean copy in GT); return the pairs."""
-    config = preset if isinstance(preset, RainConfig) else _preset(preset)
+    if isinstance(preset, str) and preset not in PRESETS:
+        raise ValueError(f"unknown rain preset {preset!r}; choose from {sorted(PRESETS)}")
+    config = PRESETS[preset] if isinstance(preset, str) else preset
     if copies < 1:
         raise ValueError(f"copies must be at least 1, got {copies}")
     out_dir = Path(out_dir)
-    files = _list_images(Path(clean_dir), exts)
+    files = _list_images(Path(clean_dir))
     (out_dir / "LQ").mkdir(parents=True, exist_ok=True)
     (out_dir / "GT").mkdir(parents=True, exist_ok=True)
     written = []
@@ -327,19 +323,9 @@ def synth_folder(clean_dir: str | Path, out_dir: str | Path, preset: str | RainC
     return written
 
 
-def _list_images(folder: Path, exts: Iterable[str]) -> list[Path]:
-    """Return the files of folder whose extension is in exts, sorted; raise ImageError if none."""
-    suffixes = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in exts}
-    if not folder.is_dir():
-        raise ImageError(f"not a folder: {folder}")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+def _list_images(folder: Path) -> list[Path]:
+    """The image files of folder, sorted; raise ImageError if there are none."""
+    files = list_images(folder)
     if not files:
-        raise ImageError(f"no images ({', '.join(sorted(suffixes))}) in {folder}")
+        raise ImageError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {folder}")
     return files
-
-
-def _preset(name: str) -> RainConfig:
-    """Return the preset called name, or raise ValueError listing the choices."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown rain preset {name!r}; choose from {sorted(PRESETS)}")
-    return PRESETS[name]

@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from derain_cli.card import MIN_TILE
 from derain_cli.sde import Denoiser
 
 
@@ -62,9 +63,6 @@ def _overlaps(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
-MIN_TILE = 64
-
-
 class TiledDenoiser:
     """Wraps a denoiser so that each call runs tile by tile and blends the predicted noise.
 
@@ -76,11 +74,8 @@ class TiledDenoiser:
                  on_shrink: Callable[[int], None] | None = None) -> None:
         if tile < 16:
             raise ValueError(f"tile size must be at least 16 pixels, got {tile}")
-        self.denoiser = denoiser
-        self.tile = tile
-        self.overlap = overlap
-        self.shrink_on_oom = shrink_on_oom
-        self.on_shrink = on_shrink
+        self.denoiser, self.tile, self.overlap = denoiser, tile, overlap
+        self.shrink_on_oom, self.on_shrink = shrink_on_oom, on_shrink
 
     def __call__(self, x_t: Tensor, mu: Tensor, t: Tensor, **context: Tensor) -> Tensor:
         """Predicted noise for the whole image, assembled from overlapping tiles."""

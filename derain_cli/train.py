@@ -15,22 +15,20 @@ that is stopped and resumed from its checkpoint ends with the same weights, bit 
 that was not (on the CPU, or wherever the kernels are deterministic), and a distributed run sees the
 samples of a single-process run with the same global batch.
 
-Run folder layout: ``last/`` and ``best/`` (and ``step-NNNNNNNN/``, the newest few) each hold
-``unet.safetensors`` (EMA weights), ``unet.json`` ({"unet": constructor kwargs, "sde": IRSDE
-kwargs, "prediction": "noise" or "x0", "training": {...}}) and ``state.pt`` (everything needed to
-resume, readable with ``torch.load(weights_only=True)``; its "model" entry holds the raw weights,
-which ``load_unet`` reads); ``log.csv``, ``loss.png`` and ``train.log`` beside them.
+Run folder: see derain_cli.runs. The exported weights are the EMA's; ``unet.json`` holds {"unet":
+constructor kwargs, "sde": IRSDE kwargs, "prediction": "noise" or "x0", "steps" and "sampler" (only
+where ``val_steps``/``val_sampler`` were given: the weights' defaults for ``derain run --unet``),
+"training": {...}}; ``state.pt``'s "model" entry holds the raw weights, which ``load_unet`` reads;
+``log.csv``, ``loss.png`` and ``train.log`` lie beside them. Validation restores with the pipeline
+the exported weights run in.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import csv
 import math
 import os
-import random
-import shutil
 import signal
 import threading
 import time
@@ -39,7 +37,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -47,24 +44,30 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from derain_cli.checkpoints import load_daclip, load_unet, save_safetensors
+from derain_cli.checkpoints import load_daclip, load_unet
 from derain_cli.data import (STREAM_NOISE, PairedFolder, PairImages, RainOnClean, RandomPatches, StepBatches,
                              ValidationPairs, find_pairs, torch_generator)
 from derain_cli.devices import resolve_device
-from derain_cli.trainlog import plot_log, read_log, trim_log
 from derain_cli.errors import DerainError
 from derain_cli.metrics import score_pair
-from derain_cli.sde import IRSDE, PREDICTIONS, SCHEDULES
+from derain_cli.pipeline import DerainPipeline, SampleOptions
+from derain_cli.runs import STATE_FORMAT, RunFolder, check_fixed_settings, rng_state, set_rng_state, step_name
+from derain_cli.sde import IRSDE, PREDICTIONS, SAMPLERS, SCHEDULES
 from derain_cli.synth import PRESETS
+from derain_cli.trainlog import append_row, plot_log, read_log, trim_log
 from derain_cli.unet import ConditionalUNet
 
 if TYPE_CHECKING:  # open_clip is slow to import: only runs with DA-CLIP pay for it
     from derain_cli.daclip import DACLIP
 
-STATE_FORMAT = 1
-LOG_COLUMNS = ("step", "loss", "lr", "it/s", "val_psnr_y")
-# Settings that change which samples, noise or model a step sees; resuming with others is refused.
-RESUME_FIXED = ("batch_size", "patch_size", "seed", "max_sigma", "T", "schedule", "eps", "prediction", "t_min")
+# Settings that change which samples, noise or model a step sees, with the flag that sets each;
+# resuming with others is refused.
+RESUME_FIXED = {"batch_size": "--batch-size", "patch_size": "--patch-size", "seed": "--seed",
+                "max_sigma": "--max-sigma", "T": "--sde-steps", "schedule": "--schedule", "eps": "--eps",
+                "prediction": "--prediction", "t_min": "--t-min", "nf": "--nf", "ch_mult": "--ch-mult",
+                "daclip": "--daclip", "use_degra_context": "use_degra_context",
+                "use_image_context": "use_image_context"}
+VAL_STEPS, VAL_SAMPLER = 10, "posterior"  # how validation samples unless val_steps / val_sampler are given
 
 
 @dataclass
@@ -104,13 +107,14 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.99)
     grad_clip: float | None = 1.0  # max global gradient norm; None: no clipping
     ema_decay: float = 0.995
-    ema_every: int = 10
-    ema_start: int = 100  # the EMA copies the weights up to this step, then averages
+    ema_every: int = 10  # steps between updates of the average (after ema_start)
+    ema_start: int = 100  # the EMA copies the weights at every step up to this one, then averages
     # bookkeeping
     ckpt_every: int = 1000
     keep_checkpoints: int = 3  # newest step-NNNNNNNN/ folders kept (0: none written)
     val_every: int = 1000
-    val_steps: int | None = None  # sampling steps for validation (None: T)
+    val_steps: int | None = None  # sampler steps for validation (None: VAL_STEPS); given: the weights' default
+    val_sampler: str | None = None  # sampler for validation (None: VAL_SAMPLER); given: the weights' default
     val_crop: int | None = None  # score centre crops of this size instead of whole images
     val_limit: int | None = None  # score only the first N validation pairs
     val_seed: int = 0
@@ -125,9 +129,9 @@ class TrainConfig:
     def check(self) -> None:
         """Raise DerainError naming the first setting that is out of range."""
         positive = ("nf", "steps", "batch_size", "patch_size", "T", "ckpt_every", "val_every", "log_every",
-                    "ema_every")
+                    "ema_every", "val_steps")  # val_steps may also be None
         for name in positive:
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise DerainError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.data and not self.pairs and not self.synth:
             raise DerainError("no training data: give a data folder (LQ/ + GT/), an LQ/GT folder pair "
@@ -142,6 +146,8 @@ class TrainConfig:
             raise DerainError(f"unknown prediction {self.prediction!r}; choose from {list(PREDICTIONS)}")
         if self.schedule not in SCHEDULES:
             raise DerainError(f"unknown schedule {self.schedule!r}; choose from {sorted(SCHEDULES)}")
+        if self.val_sampler is not None and self.val_sampler not in SAMPLERS:
+            raise DerainError(f"unknown validation sampler {self.val_sampler!r}; choose from {list(SAMPLERS)}")
         if not 0 <= self.ema_decay < 1:
             raise DerainError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if self.lr <= 0 or self.lr_min < 0 or self.warmup_steps < 0 or self.num_workers < 0:
@@ -157,6 +163,19 @@ class TrainConfig:
             return value
 
         return {key: plain(value) for key, value in asdict(self).items()}
+
+    def fixed_settings(self) -> dict[str, str]:
+        """The settings a resumed run must keep (RESUME_FIXED), as flag -> value shown as on the command line."""
+        values = {**self.to_dict(), "daclip": "off" if self.daclip is None else "on"}
+        return {flag: _shown(values[name]) for name, flag in RESUME_FIXED.items()}
+
+
+def _shown(value: Any) -> str:
+    """A setting as typed on the command line: lists comma-separated, floats exact but without a trailing .0."""
+    if isinstance(value, list):
+        return ",".join(_shown(v) for v in value)
+    text = repr(value) if isinstance(value, float) else str(value)
+    return text.removesuffix(".0") if isinstance(value, float) else text
 
 
 @dataclass(frozen=True)
@@ -174,6 +193,20 @@ class StepInfo:
 
 class TrainingStopped(DerainError):
     """SIGINT/SIGTERM stopped training after a complete step; its checkpoint was saved."""
+
+    def __init__(self, step: int, folder: Path, signum: int | None) -> None:
+        self.step, self.folder, self.signum = step, folder, signum
+        name = signal.Signals(signum).name if signum else "another process"
+        super().__init__(f"stopped by {name} at step {step} (saved in {folder}); --resume continues")
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's code for death by the signal: 130 for SIGINT, 143 for SIGTERM (also when another process stopped)."""
+        return 128 + (self.signum or signal.SIGTERM)
+
+
+class _ValidationStopped(Exception):
+    """A stop request arrived during validation: the score is abandoned."""
 
 
 # -- objective, schedule, EMA -------------------------------------------------------------------
@@ -209,10 +242,12 @@ def lr_at(step: int, config: TrainConfig) -> float:
 
 
 class EMA:
-    """Exponential moving average of a model's weights, updated every ``every`` steps.
+    """Exponential moving average of a model's weights.
 
-    Up to step ``start`` it copies the weights; after, the decay warms up as 1 - (1 + s - start)^(-2/3)
-    capped at ``decay`` (the inverse-power warm-up of ema_pytorch that the reference uses).
+    Up to step ``start`` it copies the weights at every step (so a run that ends there exports its
+    trained weights); after, it averages every ``every`` steps with a decay that warms up as
+    1 - (1 + s - start)^(-2/3) capped at ``decay`` (the inverse-power warm-up of ema_pytorch that
+    the reference uses).
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.995, every: int = 10, start: int = 100) -> None:
@@ -227,8 +262,8 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
-        """Move the average towards ``model`` when step is a multiple of ``every``."""
-        if step % self.every:
+        """Copy ``model`` up to step ``start``; after, move the average towards it at multiples of ``every``."""
+        if step > self.start and step % self.every:
             return
         decay = self.decay_at(step)
         averages = self.model.state_dict()
@@ -281,6 +316,7 @@ class Trainer:
         config.check()
         self.config = config
         self.out = Path(config.out)
+        self.run_folder = RunFolder(self.out)
         self._notify = notify
         device, warning = resolve_device(config.device)
         self.dist = init_distributed(device.type)
@@ -291,10 +327,14 @@ class Trainer:
         self.is_main = self.dist.rank == 0
         if warning:
             self.note(warning)
-        self.amp_dtype = self._amp_dtype()
+        self.amp_dtype: torch.dtype | None = None  # fp32 off CUDA or without amp; else bf16 where supported, else fp16
+        if config.amp and device.type == "cuda":
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         self.sde = IRSDE(config.max_sigma, config.T, config.schedule, config.eps)  # type: ignore[arg-type]
-        self.daclip = self._load_daclip()
         state = self._resume_state()
+        self.daclip: DACLIP | None = None  # frozen DA-CLIP, or None for a plain U-Net
+        if config.daclip is not None:
+            self.daclip = load_daclip(config.daclip).to(device).requires_grad_(False)
         self.model = self._build_model(state).to(device)
         self.model.gradient_checkpointing = config.grad_checkpointing
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, betas=config.betas,
@@ -310,54 +350,39 @@ class Trainer:
             ids = [device.index] if device.type == "cuda" else None
             self.network = DistributedDataParallel(self.model, device_ids=ids)
         self.train_images = PairImages(self._train_folders(), cache=config.cache_images)
-        self.val_pairs = self._val_pairs()
+        self.val_pairs = None if config.val is None else ValidationPairs(
+            PairImages([find_pairs(config.val)], cache=config.cache_images), config.val_crop, config.val_limit)
         self._stop_signal: int | None = None
         self._complete = True
+        self._saved_step = self.step  # the step last/ holds
 
     # -- setup --
 
-    def note(self, message: str) -> None:
-        """Tell the user something (main process only) and append it to train.log."""
+    def note(self, message: str, tell: bool = True) -> None:
+        """Tell the user something (unless not ``tell``) and append it to train.log, on the main process."""
         if not self.is_main:
             return
-        if self._notify is not None:
+        if self._notify is not None and tell:
             self._notify(message)
         self.out.mkdir(parents=True, exist_ok=True)
         with (self.out / "train.log").open("a") as log:
             log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 
-    def _amp_dtype(self) -> torch.dtype | None:
-        """bf16 where CUDA supports it, else fp16; None (fp32) off CUDA or without amp."""
-        if not self.config.amp or self.device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-    def _load_daclip(self) -> DACLIP | None:
-        """The frozen DA-CLIP model, or None for a plain U-Net."""
-        if self.config.daclip is None:
-            return None
-        return load_daclip(self.config.daclip).to(self.device).requires_grad_(False)
-
     def _resume_state(self) -> dict[str, Any] | None:
-        """The saved state of ``out/last`` when resuming; refuse to overwrite a run otherwise."""
-        path = self.out / "last" / "state.pt"
+        """The saved state of ``out/last`` when resuming (same fixed settings); refuse to overwrite a run otherwise."""
         if self.is_main:
-            _recover_interrupted_replace(self.out / "last")
+            self.run_folder.recover()
+        exists = self.run_folder.state_path.exists()
         if not self.config.resume:
-            if path.exists():
+            if exists:
                 raise DerainError(f"{self.out} already holds a training run: resume it or choose another folder")
             return None
-        if not path.exists():
+        if not exists:
             self.note(f"nothing to resume in {self.out}: starting a new run")
             return None
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("format") != STATE_FORMAT:
-            raise DerainError(f"{path}: unknown training state format {state.get('format')!r}")
-        saved = {**TrainConfig().to_dict(), **state["config"]}  # runs older than a setting used its default
-        changed = [k for k in RESUME_FIXED if saved[k] != self.config.to_dict()[k]]
-        if changed:
-            was = ", ".join(f"{k}={saved[k]!r}" for k in changed)
-            raise DerainError(f"cannot resume with other {', '.join(changed)}: the run used {was}")
+        state = self.run_folder.read_state()
+        saved = TrainConfig(**{**TrainConfig().to_dict(), **state["config"]})  # older runs used the defaults
+        check_fixed_settings(self.out, saved.fixed_settings(), self.config.fixed_settings())
         return state
 
     def _build_model(self, state: dict[str, Any] | None) -> ConditionalUNet:
@@ -368,14 +393,12 @@ class Trainer:
             model = ConditionalUNet(**state["unet"])
         elif config.from_weights is not None:
             model = load_unet(config.from_weights).train()
-        elif self.daclip is not None:
-            embed_dim = self.daclip.clip.visual.output_dim
-            model = ConditionalUNet(nf=config.nf, ch_mult=config.ch_mult, context_dim=embed_dim,
-                                    use_degra_context=config.use_degra_context,
-                                    use_image_context=config.use_image_context)
         else:
-            model = ConditionalUNet(nf=config.nf, ch_mult=config.ch_mult, context_dim=None,
-                                    use_degra_context=False, use_image_context=False)
+            daclip = self.daclip is not None
+            model = ConditionalUNet(nf=config.nf, ch_mult=config.ch_mult,
+                                    context_dim=self.daclip.clip.visual.output_dim if daclip else None,
+                                    use_degra_context=daclip and config.use_degra_context,
+                                    use_image_context=daclip and config.use_image_context)
         needs = model.use_degra_context or model.use_image_context
         if needs and self.daclip is None:
             raise DerainError("this U-Net is conditioned on DA-CLIP embeddings: give the DA-CLIP weights")
@@ -392,7 +415,7 @@ class Trainer:
         self.ema.model.load_state_dict(state["ema"])
         self.step, self.best_psnr_y, self.best_step = state["step"], state["best_psnr_y"], state["best_step"]
         self.log_window = state["log_window"] if self.is_main else [0.0, 0]  # rank 0's share of the window
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         self.note(f"resumed from {self.out / 'last'} at step {self.step}")
 
     def _train_folders(self) -> list[PairedFolder | RainOnClean]:
@@ -405,13 +428,6 @@ class Trainer:
             for path in [*folder.unpaired_lq, *folder.unpaired_gt]:
                 self.note(f"unpaired, not used: {path}")
         return folders
-
-    def _val_pairs(self) -> ValidationPairs | None:
-        """The validation pairs, if a validation folder was given."""
-        if self.config.val is None:
-            return None
-        images = PairImages([find_pairs(self.config.val)], cache=self.config.cache_images)
-        return ValidationPairs(images, self.config.val_crop, self.config.val_limit)
 
     # -- one step --
 
@@ -461,27 +477,35 @@ class Trainer:
 
     # -- validation --
 
-    def _ema_denoiser(self, x_t: Tensor, mu: Tensor, t: Tensor, **context: Tensor) -> Tensor:
-        """The EMA model's noise prediction in fp32."""
-        with self._autocast():
-            return self.ema.model(x_t, mu, t, **context).float()
+    def _stop_if_requested(self, *_: int) -> None:
+        """Abandon validation when a stop was requested (called between images and sampler steps)."""
+        if self._stop_signal is not None:
+            raise _ValidationStopped
 
-    @torch.no_grad()
-    def validate(self) -> float:
-        """Mean PSNR_Y of the EMA model's restorations (8-bit, seeded sampler) over the validation pairs."""
+    def validate(self) -> float | None:
+        """Mean PSNR_Y of the EMA model's 8-bit restorations over the validation pairs; None if a stop cut it short.
+
+        Whole images, seeded, VAL_STEPS steps of VAL_SAMPLER unless the config says, in the fp32 pipeline
+        that runs exported weights.
+        """
         assert self.val_pairs is not None
-        total, count = 0.0, 0
-        for i in range(self.dist.rank, len(self.val_pairs), self.dist.world_size):
-            _, lq, gt = self.val_pairs[i]
-            lq = lq[None].to(self.device)
-            generator = torch.Generator().manual_seed(self.config.val_seed)
-            out = self.sde.sample(self._ema_denoiser, lq, steps=self.config.val_steps, generator=generator,
-                                  prediction=self.config.prediction, **self.context(lq))
-            image = (out[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-            total += score_pair(image, gt)["psnr_y"]
-            count += 1
-        total, count = _all_sum([total, count], self.dist, self.device)
-        return total / count
+        pipeline = DerainPipeline(self.ema.model, self.sde, self.daclip, device=self.device, dtype=torch.float32,
+                                  prediction=self.config.prediction)  # type: ignore[arg-type]
+        options = SampleOptions(steps=self.config.val_steps or VAL_STEPS, seed=self.config.val_seed, tile=None,
+                                sampler=self.config.val_sampler or VAL_SAMPLER)  # type: ignore[arg-type]
+        total, count, stopped = 0.0, 0, 0.0
+        try:
+            for i in range(self.dist.rank, len(self.val_pairs), self.dist.world_size):
+                self._stop_if_requested()
+                _, lq, gt = self.val_pairs[i]
+                out = pipeline.restore(lq[None], options, callback=self._stop_if_requested)
+                image = (out[0] * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+                total += score_pair(image, gt)["psnr_y"]
+                count += 1
+        except _ValidationStopped:
+            stopped = 1.0
+        total, count, stopped = _all_sum([total, count, stopped], self.dist, self.device)
+        return None if stopped else total / count
 
     # -- checkpoints --
 
@@ -497,42 +521,38 @@ class Trainer:
             "best_psnr_y": self.best_psnr_y,
             "best_step": self.best_step,
             "log_window": self.log_window,
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "sampler": {"next_sample": self.step * self.config.batch_size, "seed": self.config.seed},
             "unet": self.model.config,
             "sde": self.sde.config,
             "config": self.config.to_dict(),
         }
 
-    def save(self, name: str, val_psnr_y: float | None = None) -> Path:
-        """Write EMA weights, their JSON config and the resumable state to out/name (atomically)."""
-        folder = self.out / name
-        tmp = self.out / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+    def sidecar(self, val_psnr_y: float | None = None) -> dict[str, Any]:
+        """unet.json: how to build the exported U-Net, the validation's sampling where it was given, its training."""
         training = {"step": self.step, "val_psnr_y": val_psnr_y, "daclip": self.config.to_dict()["daclip"],
                     "t_min": self.config.t_min}
-        config = {"unet": self.model.config, "sde": self.sde.config, "prediction": self.config.prediction,
-                  "training": training}
-        save_safetensors(self.ema.model.state_dict(), tmp / "unet.safetensors", config)
-        torch.save(self.state_dict(), tmp / "state.pt")
-        _replace_dir(tmp, folder)
-        return folder
+        chosen = {"steps": self.config.val_steps, "sampler": self.config.val_sampler}
+        return {"unet": self.model.config, "sde": self.sde.config, "prediction": self.config.prediction,
+                **{key: value for key, value in chosen.items() if value is not None}, "training": training}
+
+    def save(self, name: str, val_psnr_y: float | None = None) -> None:
+        """Write EMA weights, their JSON config and the resumable state to out/name (atomically)."""
+        self.run_folder.write(name, self.ema.model.state_dict(), self.sidecar(val_psnr_y), self.state_dict())
+        if name == "last":
+            self._saved_step = self.step
+
+    def _save_last(self) -> None:
+        """Write last/ unless it already holds this step."""
+        if self._saved_step != self.step:
+            self.save("last")
 
     def _save_periodic(self, val_psnr_y: float | None = None) -> None:
         """Write last/ and a step-numbered copy, keeping only the newest few numbered ones."""
         self.save("last", val_psnr_y)
-        if self.config.keep_checkpoints < 1:
-            return
-        self.save(f"step-{self.step:08d}", val_psnr_y)
-        numbered = sorted(self.out.glob("step-" + "[0-9]" * 8))
-        for old in numbered[:-self.config.keep_checkpoints]:
-            shutil.rmtree(old)
-
-    def result(self) -> Path:
-        """The exported weights: best/ when validation ran, else last/."""
-        best = self.out / "best" / "unet.safetensors"
-        return best if best.exists() else self.out / "last" / "unet.safetensors"
+        if self.config.keep_checkpoints > 0:
+            self.save(step_name(self.step), val_psnr_y)
+            self.run_folder.prune(self.config.keep_checkpoints)
 
     # -- the loop --
 
@@ -544,7 +564,7 @@ class Trainer:
             trim_log(self.out / "log.csv", self.step)
         if self.step >= min(config.steps, config.stop_after or config.steps):
             self.note(f"already trained {self.step} of {config.steps} steps")
-            return self.result()
+            return self.run_folder.exported_weights()
         dataset = RandomPatches(self.train_images, config.patch_size, config.seed)
         batches = StepBatches(config.batch_size, config.steps, self.step, self.dist.rank, self.dist.world_size)
         loader = DataLoader(dataset, batch_sampler=batches, num_workers=config.num_workers,
@@ -557,13 +577,13 @@ class Trainer:
                 self._loop(loader, progress)
         except KeyboardInterrupt:
             if self._complete and self.is_main:
-                self.save("last")
+                self._save_last()
                 self.note(f"interrupted: saved step {self.step} in {self.out / 'last'}")
             raise
         finally:
             if self.is_main:
                 plot_log(read_log(self.out / "log.csv"), self.out / "loss.png")
-        return self.result()
+        return self.run_folder.exported_weights()
 
     def _loop(self, loader: DataLoader, progress: Callable[[StepInfo], None] | None) -> None:
         """The training steps, with logging, validation, checkpoints and stop requests between them."""
@@ -581,13 +601,13 @@ class Trainer:
             now = time.perf_counter()
             rate, last_time = 1 / max(now - last_time, 1e-9), now
             its = rate if its == 0 else 0.9 * its + 0.1 * rate
-            val = None
-            if self.val_pairs is not None and (step % config.val_every == 0 or step == config.steps):
-                val = self._validate_and_keep_best()
-            if step % config.log_every == 0 or val is not None or step == config.steps:
+            validates = self.val_pairs is not None and (step % config.val_every == 0 or step == config.steps)
+            val = self._validate_and_keep_best() if validates else None
+            if step % config.log_every == 0 or validates or step == config.steps:
                 total, count = _all_sum(self.log_window, self.dist, self.device)
                 window_rate = (step - window_first) / max(time.perf_counter() - window_start, 1e-9)
-                self._log_row(step, total / count, window_rate, val)
+                if self.is_main:
+                    append_row(self.out / "log.csv", step, total / count, lr_at(step, config), window_rate, val)
                 self.log_window = [0.0, 0]
                 window_start, window_first = time.perf_counter(), step
             if self.is_main and (step % config.ckpt_every == 0 or step == config.steps):
@@ -597,14 +617,17 @@ class Trainer:
                 progress(StepInfo(step, config.steps, loss_value, lr_at(step, config), its, val, self.best_psnr_y))
             self._check_stop()
             if config.stop_after is not None and step >= config.stop_after:
-                if self.is_main and step % config.ckpt_every and step != config.steps:  # else saved above
-                    self.save("last")
+                if self.is_main:
+                    self._save_last()
                 self.note(f"stopped after step {step} as asked; continue with resume")
                 break
 
-    def _validate_and_keep_best(self) -> float:
-        """Validate; save best/ when the score beats the best so far."""
+    def _validate_and_keep_best(self) -> float | None:
+        """Validate; save best/ when the score beats the best so far (None: a stop request cut it short)."""
         score = self.validate()
+        if score is None:
+            self.note(f"step {self.step}: validation stopped by the stop request, not scored")
+            return None
         if self.best_psnr_y is None or score > self.best_psnr_y:
             self.best_psnr_y, self.best_step = score, self.step
             if self.is_main:
@@ -612,19 +635,6 @@ class Trainer:
         self.note(f"step {self.step}: validation PSNR_Y {score:.3f} dB "
                   f"(best {self.best_psnr_y:.3f} at step {self.best_step})")
         return score
-
-    def _log_row(self, step: int, loss: float, rate: float, val: float | None) -> None:
-        """Append a row to log.csv (main process)."""
-        if not self.is_main:
-            return
-        path = self.out / "log.csv"
-        new = not path.exists()
-        with path.open("a", newline="") as file:
-            writer = csv.writer(file)
-            if new:
-                writer.writerow(LOG_COLUMNS)
-            writer.writerow([step, f"{loss:.6g}", f"{lr_at(step, self.config):.6g}", f"{rate:.4g}",
-                             "" if val is None else f"{val:.4f}"])
 
     @contextlib.contextmanager
     def _stop_requests(self) -> Iterator[None]:
@@ -651,10 +661,10 @@ class Trainer:
         if not requested:
             return
         if self.is_main:
-            self.save("last")
-        name = signal.Signals(self._stop_signal).name if self._stop_signal else "another process"
-        raise TrainingStopped(f"stopped by {name} after step {self.step}; saved {self.out / 'last'}, "
-                              "continue with resume")
+            self._save_last()
+        stopped = TrainingStopped(self.step, self.out / "last", self._stop_signal)
+        self.note(str(stopped), tell=False)  # the caller says it
+        raise stopped
 
     def close(self) -> None:
         """Leave the process group if this trainer joined one."""
@@ -670,45 +680,3 @@ def train(config: TrainConfig, progress: Callable[[StepInfo], None] | None = Non
         return trainer.run(progress)
     finally:
         trainer.close()
-
-
-# -- files --------------------------------------------------------------------------------------
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Put folder ``new`` in place of ``target``: the old one is moved aside first, then removed."""
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        target.rename(old)
-    new.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _recover_interrupted_replace(target: Path) -> None:
-    """Bring back ``target`` from its moved-aside copy if a replacement was cut short."""
-    old = target.with_name(f".{target.name}.old")
-    if not target.exists() and old.exists():
-        old.rename(target)
-
-
-def _rng_state() -> dict[str, Any]:
-    """The global torch, CUDA, numpy and Python RNG states as tensors and plain values."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-        "python": random.getstate(),
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what _rng_state saved."""
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))

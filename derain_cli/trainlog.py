@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
+
+from derain_cli.imageio import atomic_write
+
+LOG_COLUMNS = ("step", "loss", "lr", "it/s", "val_psnr_y")
 
 
 def read_log(path: Path) -> list[dict[str, float | None]]:
@@ -16,6 +19,17 @@ def read_log(path: Path) -> list[dict[str, float | None]]:
         return []
     with path.open(newline="") as file:
         return [{k: float(v) if v else None for k, v in row.items()} for row in csv.DictReader(file)]
+
+
+def append_row(path: Path, step: int, loss: float, lr: float, rate: float, val_psnr_y: float | None) -> None:
+    """Append one row to log.csv, writing the header (LOG_COLUMNS) first when the file is new."""
+    new = not path.exists()
+    with path.open("a", newline="") as file:
+        writer = csv.writer(file)
+        if new:
+            writer.writerow(LOG_COLUMNS)
+        writer.writerow([step, f"{loss:.6g}", f"{lr:.6g}", f"{rate:.4g}",
+                         "" if val_psnr_y is None else f"{val_psnr_y:.4f}"])
 
 
 def trim_log(path: Path, step: int) -> None:
@@ -128,6 +142,4 @@ def plot_log(rows: list[dict[str, float | None]], path: Path) -> None:
         _panel(draw, (0, split, width, height), [s for s, _ in scores], [([v for _, v in scores], PSNR_COLOUR)],
                "validation PSNR_Y (dB)", log_y=False)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    atomic_write(path, lambda file: image.save(file, format="PNG"))

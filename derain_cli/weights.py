@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
+import logging
 import os
 import re
 import warnings
@@ -28,19 +28,32 @@ from huggingface_hub.utils import (
     enable_progress_bars,
 )
 
+from derain_cli.card import CARD_KEYS, ModelCard, check_keys, parse_card
 from derain_cli.errors import WeightsError
 
 MANIFEST_ENV = "DERAIN_MANIFEST"
-BUNDLED_MANIFEST = Path(__file__).with_name("weights_manifest.json")
+MANIFEST_NAME = "weights_manifest.json"
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def bundled_manifest(package_dir: Path = PACKAGE_DIR) -> Path:
+    """The manifest that ships with derain: the repository's top-level file, or the copy a build puts in the package.
+
+    A source checkout (editable install included) has the file beside ``pyproject.toml``; a wheel
+    carries the copy that setup.py's build step makes at ``derain_cli/weights_manifest.json``.
+    Either way its relative paths start at the folder that holds the ``derain_cli`` package.
+    """
+    source = package_dir.parent / MANIFEST_NAME
+    if source.is_file() and (package_dir.parent / "pyproject.toml").is_file():
+        return source
+    return package_dir / MANIFEST_NAME
+
+
+BUNDLED_MANIFEST = bundled_manifest()
 SCHEMA_VERSION = 1
 FORMATS = ("pickle", "safetensors")
-SCHEDULES = ("cosine", "linear", "constant")
-SAMPLERS = ("posterior", "sde", "ode")
-PREDICTIONS = ("noise", "x0")
 AUTO_MODEL = "universal"
 FALLBACK_MODEL = "compact"
-MIN_TILE = 64  # smallest tile a model entry may ask for (as derain_cli.tiling, which needs torch)
-MODEL_PRECISIONS = ("fp32", "bf16", "fp16")  # a model entry's precision (derain_cli.devices.PRECISIONS, which needs torch)
 
 _HEX40 = re.compile(r"[0-9a-f]{40}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -96,32 +109,18 @@ class WeightsEntry:
 
 
 @dataclass(frozen=True)
-class SDESettings:
-    """IR-SDE settings of a model; `max_sigma` is on the 0-255 scale, as in the reference."""
-
-    max_sigma: float
-    T: int
-    schedule: str
-    eps: float
-
-
-@dataclass(frozen=True)
 class ModelEntry:
-    """A runnable model: U-Net weights, optional DA-CLIP weights, SDE settings and the sampler."""
+    """A runnable model: U-Net weights, optional DA-CLIP weights, and its card (how to run it)."""
 
     name: str
     unet: str
     daclip: str | None
-    sde: SDESettings
-    sampler: str
-    description: str = ""
-    steps: int | None = None
-    prediction: str = "noise"  # what the U-Net outputs: "noise" (published models) or "x0" (clean image)
-    passes: int = 1  # runs of the model on its own output (see derain_cli.pipeline.SampleOptions)
-    repeat_above: float | tuple[float, ...] | None = None  # a further pass only above this mean absolute change (0-255), or one per pass
-    tile: int | None = None  # tile size `--tile auto` uses (the size the model was chosen with); None: by memory
-    precision: str | None = None  # what `--precision auto` uses; None: fp16 autocast on CUDA, fp32 elsewhere
-    repeat_unet: str | None = None  # weights of a second U-Net for the further passes; None: `unet` again
+    card: ModelCard
+
+    @property
+    def repeat_unet(self) -> str | None:
+        """Weights of the further passes' U-Net (a cascade's), or None."""
+        return self.card.cascade.unet if self.card.cascade else None
 
 
 @dataclass(frozen=True)
@@ -144,6 +143,16 @@ class WeightsRow:
     sha256_pinned: bool
 
 
+@dataclass(frozen=True)
+class ModelRow:
+    """One model of `derain weights list`: the name `--model` takes, its weights and whether all are local."""
+
+    name: str
+    weights: tuple[str, ...]
+    cached: bool
+    description: str
+
+
 # ---------------------------------------------------------------------------------------------- manifest
 
 
@@ -163,7 +172,8 @@ def load_manifest(path: str | os.PathLike[str] | None = None) -> Manifest:
 
 def _parse_manifest(data: Any, path: Path) -> Manifest:
     """Build a Manifest from decoded JSON, raising WeightsError on the first schema violation."""
-    _check_keys(data, str(path), required={"schema", "weights", "models"}, optional=set())
+    base = _paths_base(path)
+    check_keys(data, str(path), required={"schema", "weights", "models"}, optional=set())
     if data["schema"] != SCHEMA_VERSION or isinstance(data["schema"], bool):
         raise WeightsError(
             f"{path}: unsupported schema {data['schema']!r}; this version reads schema {SCHEMA_VERSION}"
@@ -171,7 +181,7 @@ def _parse_manifest(data: Any, path: Path) -> Manifest:
     for section in ("weights", "models"):
         if not isinstance(data[section], dict):
             raise WeightsError(f"{path}: {section!r} must be a JSON object")
-    weights = {name: _parse_weights(name, raw, path) for name, raw in data["weights"].items()}
+    weights = {name: _parse_weights(name, raw, path, base) for name, raw in data["weights"].items()}
     models = {name: _parse_model(name, raw, path, weights) for name, raw in data["models"].items()}
     return Manifest(path=path, weights=MappingProxyType(weights), models=MappingProxyType(models))
 
@@ -181,11 +191,18 @@ _BUNDLED_KEYS = {"path", "format", "license"}
 _OPTIONAL_WEIGHTS_KEYS = {"sha256", "size"}
 
 
-def _parse_weights(name: str, raw: Any, manifest_path: Path) -> WeightsEntry:
-    """Validate one weights entry; a relative `path` is taken relative to the manifest's folder."""
+def _paths_base(manifest_path: Path) -> Path:
+    """Where a manifest's relative paths start: its folder, but the package's parent for the package's own copy."""
+    if manifest_path.resolve() == (PACKAGE_DIR / MANIFEST_NAME).resolve():
+        return PACKAGE_DIR.parent  # so the copy reads as the top-level file does
+    return manifest_path.parent
+
+
+def _parse_weights(name: str, raw: Any, manifest_path: Path, base: Path) -> WeightsEntry:
+    """Validate one weights entry; a relative `path` starts at ``base`` (the manifest's folder, see _paths_base)."""
     where = f"{manifest_path}: weights {name!r}"
     required = _BUNDLED_KEYS if isinstance(raw, dict) and "path" in raw else _HUB_KEYS
-    _check_keys(raw, where, required=required, optional=_OPTIONAL_WEIGHTS_KEYS)
+    check_keys(raw, where, required=required, optional=_OPTIONAL_WEIGHTS_KEYS)
     for key in required:
         _expect(raw[key], str, where, key)
     _expect_choice(raw["format"], FORMATS, where, "format")
@@ -197,19 +214,21 @@ def _parse_weights(name: str, raw: Any, manifest_path: Path) -> WeightsEntry:
     common = dict(name=name, format=raw["format"], license=raw["license"], sha256=sha256, size=size)
     if "path" in raw:
         file_path = Path(raw["path"]).expanduser()
-        file_path = file_path if file_path.is_absolute() else manifest_path.parent / file_path
+        file_path = file_path if file_path.is_absolute() else base / file_path
         return WeightsEntry(filename=file_path.name, path=file_path, **common)
     if not _HEX40.fullmatch(raw["revision"]):
         raise WeightsError(f"{where}: 'revision' must be a pinned 40-hex commit, got {raw['revision']!r}")
     return WeightsEntry(filename=raw["filename"], repo_id=raw["repo_id"], revision=raw["revision"], **common)
 
 
+_MODEL_KEYS = frozenset({"unet", "daclip"})
+
+
 def _parse_model(name: str, raw: Any, manifest_path: Path, weights: Mapping[str, WeightsEntry]) -> ModelEntry:
-    """Validate one model entry and check that it names existing weights entries."""
+    """Validate one model entry (its card, strictly) and check that it names existing weights entries."""
     where = f"{manifest_path}: model {name!r}"
-    _check_keys(raw, where, required={"unet", "daclip", "sde", "sampler"},
-                optional={"description", "steps", "prediction", "passes", "repeat_above", "tile", "precision",
-                          "repeat_unet"})
+    check_keys(raw, where, required={"unet", "daclip", "sde", "sampler"}, optional=CARD_KEYS)
+    card = parse_card(raw, where, ignore=_MODEL_KEYS)
     for key in ("unet", "daclip", "repeat_unet"):
         ref = raw.get(key)
         if key != "unet" and ref is None:
@@ -217,79 +236,7 @@ def _parse_model(name: str, raw: Any, manifest_path: Path, weights: Mapping[str,
         _expect(ref, str, where, key)
         if ref not in weights:
             raise WeightsError(f"{where}: {key!r} names unknown weights {ref!r}; known weights: {sorted(weights)}")
-    _expect_choice(raw["sampler"], SAMPLERS, where, "sampler")
-    _expect_choice(raw.get("prediction", "noise"), PREDICTIONS, where, "prediction")
-    _expect(raw.get("description", ""), str, where, "description")
-    steps = raw.get("steps")
-    if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
-        raise WeightsError(f"{where}: 'steps' must be a positive number of sampler steps or null, got {steps!r}")
-    passes, repeat_above, tile, precision = run_defaults(raw, where)
-    return ModelEntry(
-        name=name,
-        unet=raw["unet"],
-        daclip=raw["daclip"],
-        sde=_parse_sde(raw["sde"], f"{where} sde"),
-        sampler=raw["sampler"],
-        description=raw.get("description", ""),
-        steps=steps,
-        prediction=raw.get("prediction", "noise"),
-        passes=passes,
-        repeat_above=repeat_above,
-        tile=tile,
-        precision=precision,
-        repeat_unet=raw.get("repeat_unet"),
-    )
-
-
-def run_defaults(raw: Mapping[str, Any], where: str) -> tuple[int, float | tuple[float, ...] | None, int | None, str | None]:
-    """Validated `passes`, `repeat_above`, `tile` and `precision` of a model entry or a checkpoint's JSON config."""
-    passes, repeat_above, tile = raw.get("passes", 1), raw.get("repeat_above"), raw.get("tile")
-    precision = raw.get("precision")
-    if not isinstance(passes, int) or isinstance(passes, bool) or passes < 1:
-        raise WeightsError(f"{where}: 'passes' must be a positive number of runs, got {passes!r}")
-    thresholds = repeat_above if isinstance(repeat_above, list) else [repeat_above]
-    if repeat_above is not None and (not thresholds or not all(_is_change(value) for value in thresholds)):
-        raise WeightsError(f"{where}: 'repeat_above' must be a mean absolute change in 0..255, a list of them "
-                           f"(one per further pass) or null, got {repeat_above!r}")
-    if tile is not None and (not isinstance(tile, int) or isinstance(tile, bool) or tile < MIN_TILE):
-        raise WeightsError(f"{where}: 'tile' must be a tile size of at least {MIN_TILE} pixels or null, got {tile!r}")
-    if precision is not None and precision not in MODEL_PRECISIONS:
-        raise WeightsError(f"{where}: 'precision' must be one of {', '.join(MODEL_PRECISIONS)} or null, got {precision!r}")
-    if repeat_above is not None:
-        repeat_above = tuple(map(float, thresholds)) if isinstance(repeat_above, list) else float(repeat_above)
-    return passes, repeat_above, tile, precision
-
-
-def _is_change(value: Any) -> bool:
-    """Whether ``value`` is a mean absolute change on the 0-255 scale."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 255
-
-
-def _parse_sde(raw: Any, where: str) -> SDESettings:
-    """Validate the `sde` block of a model entry."""
-    _check_keys(raw, where, required={"max_sigma", "T", "schedule", "eps"}, optional=set())
-    for key in ("max_sigma", "eps"):
-        _expect(raw[key], (int, float), where, key)
-    _expect(raw["T"], int, where, "T")
-    _expect_choice(raw["schedule"], SCHEDULES, where, "schedule")
-    if raw["T"] < 1 or raw["max_sigma"] <= 0 or raw["eps"] < 0:
-        raise WeightsError(f"{where}: need T >= 1, max_sigma > 0 and eps >= 0, got {raw}")
-    return SDESettings(max_sigma=float(raw["max_sigma"]), T=raw["T"], schedule=raw["schedule"], eps=float(raw["eps"]))
-
-
-def _check_keys(raw: Any, where: str, *, required: set[str], optional: set[str]) -> None:
-    """Reject non-objects, unknown keys (suggesting the closest valid key) and missing required keys."""
-    if not isinstance(raw, dict):
-        raise WeightsError(f"{where}: expected a JSON object, got {type(raw).__name__}")
-    valid = required | optional
-    for key in raw:
-        if key not in valid:
-            close = difflib.get_close_matches(key, sorted(valid), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise WeightsError(f"{where}: unknown key {key!r}{hint}; valid keys: {sorted(valid)}")
-    missing = sorted(required - set(raw))
-    if missing:
-        raise WeightsError(f"{where}: missing key {missing[0]!r}; required keys: {sorted(required)}")
+    return ModelEntry(name=name, unet=raw["unet"], daclip=raw["daclip"], card=card)
 
 
 def _expect(value: Any, types: type | tuple[type, ...], where: str, key: str) -> None:
@@ -382,6 +329,29 @@ def list_entries(manifest: Manifest) -> list[WeightsRow]:
         size = entry.size if entry.size is not None or local is None else local.stat().st_size
         rows.append(WeightsRow(entry.name, size, entry.source, local is not None, entry.sha256 is not None))
     return rows
+
+
+def list_models(manifest: Manifest) -> list[ModelRow]:
+    """Return one row per model: its name, the weights it needs and whether they are all available locally."""
+    return [ModelRow(name, tuple(model_weights(model)), _model_cached(manifest, name), model.card.description)
+            for name, model in manifest.models.items()]
+
+
+def local_weights(manifest: Manifest, name: str, wanted: str | None = None) -> Path:
+    """Return the verified local file of weights `name` without downloading; an error says how to get it.
+
+    ``wanted`` is what the user asked for (a model whose weights `name` are), named in the error's hint.
+    """
+    entry, hint = get_weights(manifest, name), f"run `derain weights download {wanted or name}`"
+    if entry.path is not None:
+        return _resolve_bundled(entry)
+    local = cached_path(entry)
+    if local is None:
+        raise WeightsError(f"{name}: not downloaded; {hint}")
+    problem = _check_file(entry, local, reuse_digest=True)
+    if problem is not None:
+        raise WeightsError(f"{name}: the cached file {local} is damaged ({problem}); {hint} to fetch it again")
+    return local
 
 
 def offline_mode(requested: bool = False) -> bool:
@@ -484,11 +454,32 @@ def _progress_bars(enabled: bool) -> Iterator[None]:
         enable_progress_bars()
 
 
+@contextmanager
+def _hub_logs_once() -> Iterator[None]:
+    """Send huggingface_hub's messages (e.g. its retry warnings) only through the application's logging, if it has any.
+
+    huggingface_hub gives its logger a handler of its own and lets records propagate too, so where
+    the application has configured logging (the CLI does) every message would be printed twice.
+    """
+    hub = logging.getLogger("huggingface_hub")
+    own = list(hub.handlers)
+    if not (own and hub.propagate and logging.getLogger().handlers):
+        yield
+        return
+    for handler in own:
+        hub.removeHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in own:
+            hub.addHandler(handler)
+
+
 def _download(entry: WeightsEntry, *, progress: bool) -> Path:
     """Fetch one Hub entry into the Hugging Face cache (resuming broken transfers) and return its snapshot path."""
     where = f"{entry.name} ({entry.repo_id}/{entry.filename} @ {str(entry.revision)[:7]})"
     try:
-        with _progress_bars(progress):
+        with _progress_bars(progress), _hub_logs_once():
             found = hf_hub_download(entry.repo_id, entry.filename, revision=entry.revision)
     except LocalEntryNotFoundError as err:  # huggingface_hub's answer to a failed metadata request
         cause = err.__cause__ or err

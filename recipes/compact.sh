@@ -66,24 +66,24 @@ PY
 }
 
 train() {
-  common=(--max-sigma 10 --T 100 --schedule cosine --eps 0.005 --prediction x0 --t-min 90
+  common=(--max-sigma 10 --sde-steps 100 --schedule cosine --eps 0.005 --prediction x0 --t-min 90
           --batch-size 4 --patch-size 96 --ema-decay 0.99 --ckpt-every 500
           --val-steps 1 --val-crop 128 --workers 0 --device cpu -q)
   # Stage 1: one-step clean-image prediction (times 90..100), from scratch, with the storm preset
   # as the heavy rain; an 8,500-step schedule stopped after step 2500 (the checkpoint there does
   # not depend on later steps).
-  derain train --out runs/compact "${common[@]}" --data city_train --data synth_storm \
+  derain train -o runs/compact "${common[@]}" --data city_train --data synth_storm \
     --data synth_medium --data synth_light --val val_storm_c --val-every 1000 --val-limit 12 --nf 16 --ch-mult 1,2,4,4 \
     --steps 8500 --stop-after 2500 --lr 4e-4 --warmup 200 --seed 0
   # Stage 2: from the raw weights of stage 1, with the heavy preset (closer to Rain100H's look),
   # stopped after step 4500 (best on validation of the checkpoints kept: 4500, 5000, 5500).
-  derain train --out runs/compact2 --from runs/compact/step-00002500/state.pt "${common[@]}" \
+  derain train -o runs/compact2 --from runs/compact/step-00002500/state.pt "${common[@]}" \
     --data city_train --data synth_heavy --data synth_medium --data synth_light --val val_heavy_c \
     --val-every 1000 --val-limit 12 --steps 5500 --stop-after 4500 --lr 3e-4 --warmup 100 --seed 1
   # Stage 3: from the raw weights of stage 2 at step 4500, adding the Lomiri/MATE photographs and
   # the downpour preset; step 2500 was the best mean of the four validation sets (our run went on
   # to step 5000 to compare); stopping there gives the same checkpoint.
-  derain train --out runs/compact3 --from runs/compact2/step-00004500/state.pt "${common[@]}" \
+  derain train -o runs/compact3 --from runs/compact2/step-00004500/state.pt "${common[@]}" \
     --data city_train --data synth_heavy --data synth_medium --data synth_light \
     --data synth2_heavy --data synth2_medium --data synth2_light --data synth_downpour \
     --data synth2_downpour --val val_downpour_c --val-every 500 --val-limit 15 --keep 20 \
@@ -91,7 +91,7 @@ train() {
   # Stage 4: from the raw weights of stage 3 at step 2500, adding the torrent preset. The shipped
   # file is its step-00000500/unet.safetensors (best mean of the five validation sets; our run went
   # on to step 4500 to compare and was stopped by hand); stopping there gives the same checkpoint.
-  derain train --out runs/compact4 --from runs/compact3/step-00002500/state.pt "${common[@]}" \
+  derain train -o runs/compact4 --from runs/compact3/step-00002500/state.pt "${common[@]}" \
     --data city_train --data synth_heavy --data synth_medium --data synth_light \
     --data synth2_heavy --data synth2_medium --data synth2_light --data synth_downpour \
     --data synth2_downpour --data synth_torrent --data synth2_torrent --val val_torrent_c \
@@ -103,7 +103,7 @@ train() {
   # step 1000 to compare); the shipped file is its step-00000500/unet.safetensors.
   python3 "$recipes/pass1_pairs.py" runs/compact4/step-00000500/unet.safetensors \
     synth_heavy synth_downpour synth_torrent
-  derain train --out runs/compact5 --from runs/compact4/step-00000500/state.pt "${common[@]}" \
+  derain train -o runs/compact5 --from runs/compact4/step-00000500/state.pt "${common[@]}" \
     --data city_train --data synth_heavy --data synth_medium --data synth_light \
     --data synth2_heavy --data synth2_medium --data synth2_light --data synth_downpour \
     --data synth2_downpour --data synth_torrent --data synth2_torrent \
@@ -119,7 +119,7 @@ train() {
   python3 "$recipes/pass1_pairs.py" runs/compact5/step-00000500/unet.safetensors \
     synth_heavy synth2_heavy synth_downpour synth2_downpour synth_torrent synth2_torrent \
     --tile 128 --seed 321 --prefix c1_
-  derain train --out runs/compact7 --from runs/compact5/step-00000500/state.pt "${common[@]}" \
+  derain train -o runs/compact7 --from runs/compact5/step-00000500/state.pt "${common[@]}" \
     --data c1_synth_heavy --data c1_synth2_heavy --data c1_synth_downpour --data c1_synth2_downpour \
     --data c1_synth_torrent --data c1_synth2_torrent \
     --data p1c_synth_heavy --data p1c_synth_downpour --data p1c_synth_torrent \
@@ -133,7 +133,7 @@ train() {
   python3 "$recipes/pass1_pairs.py" runs/compact5/step-00000500/unet.safetensors \
     synth7_heavy synth72_heavy synth7_downpour synth72_downpour synth7_torrent synth72_torrent \
     --tile 128 --seed 322 --prefix d1_
-  derain train --out runs/compact7b --from runs/compact7/step-00001000/state.pt "${common[@]}" \
+  derain train -o runs/compact7b --from runs/compact7/step-00001000/state.pt "${common[@]}" \
     --data d1_synth7_heavy --data d1_synth72_heavy --data d1_synth7_downpour --data d1_synth72_downpour \
     --data d1_synth7_torrent --data d1_synth72_torrent \
     --ckpt-every 250 --keep 40 --steps 1000 --lr 1e-4 --warmup 50 --seed 41

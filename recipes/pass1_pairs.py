@@ -28,8 +28,8 @@ CHUNK = 8
 
 def main(weights: str, folders: list[str], tile: int | None = None, seed: int = 123, prefix: str = "p1c_") -> None:
     torch.set_num_threads(2)
-    pipeline = load(ModelSpec(unet=Path(weights)), device="cpu").pipeline
-    options = SampleOptions(steps=1, tile=tile, passes=1, seed=0)
+    pipeline = load(ModelSpec(unet=Path(weights)), device="cpu", passes=1).restorer
+    options = SampleOptions(steps=1, tile=tile, seed=0)
     rng = np.random.default_rng(seed)
     for folder in map(Path, folders):
         out = Path(f"{prefix}{folder.name}")

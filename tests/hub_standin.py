@@ -2,7 +2,8 @@
 
 It answers what `hf_hub_download` asks of `{endpoint}/{repo_id}/resolve/{revision}/{filename}`:
 a HEAD for the metadata (X-Repo-Commit, ETag, Content-Length) and a GET for the bytes, with
-`Range: bytes=N-` answered by 206 so that an interrupted transfer resumes. Errors carry the
+`Range: bytes=N-` answered by 206 so that an interrupted transfer resumes; a file may answer its
+first GETs with 429 (Too Many Requests), which huggingface_hub retries. Errors carry the
 Hub's X-Error-Code header so that huggingface_hub raises its specific exceptions. It never
 sends Xet headers, so the plain HTTP path is used.
 """
@@ -23,10 +24,14 @@ _RANGE = re.compile(r"^bytes=(\d+)-$")
 
 @dataclass
 class HubFile:
-    """A served file; the first GET sends only `interrupt_after` bytes, then drops the connection."""
+    """A served file; the first GET sends only `interrupt_after` bytes, then drops the connection.
+
+    The first `rate_limited` GETs of it are answered 429 (Too Many Requests) without a Retry-After.
+    """
 
     content: bytes
     interrupt_after: int | None = None
+    rate_limited: int = 0
 
     @property
     def sha256(self) -> str:
@@ -104,6 +109,9 @@ def _make_handler(hub: HubStandin) -> type[BaseHTTPRequestHandler]:
             served = hub.files.get(match["filename"])
             if served is None:
                 return self._error(404, "EntryNotFound", commit=hub.revision)
+            if send_body and served.rate_limited > 0:
+                served.rate_limited -= 1
+                return self._error(429, "TooManyRequests")
             start = self._range_start()
             total = len(served.content)
             body = served.content[start:]

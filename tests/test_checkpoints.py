@@ -11,19 +11,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from derain_cli.checkpoints import (
+    CONFIG_METADATA_KEY,
     convert_checkpoint,
     load_daclip,
     load_strict,
     load_unet,
+    read_config,
     read_state_dict,
     save_safetensors,
     with_visual_alias,
 )
 from derain_cli.daclip import DACLIP, infer_daclip_config
-from derain_cli.errors import CheckpointError
+from derain_cli.errors import CardError, CheckpointError, UsageError
 from derain_cli.unet import ConditionalUNet, infer_unet_config
 from tests.writers import (
     pickle_globals,
@@ -351,8 +354,9 @@ def test_convert_turns_a_daclip_training_checkpoint_into_safetensors_and_config(
     tmp_path: Path, tiny_daclip: DACLIP
 ) -> None:
     source = write_training_checkpoint(tiny_daclip.state_dict(), tmp_path / "daclip.pt")
-    kind, config_path = convert_checkpoint(source, tmp_path / "daclip.safetensors")
-    assert kind == "daclip" and config_path == tmp_path / "daclip.json"
+    converted = convert_checkpoint(source, tmp_path / "daclip.safetensors")
+    config_path = tmp_path / "daclip.json"
+    assert converted.kind == "daclip" and converted.files == (tmp_path / "daclip.safetensors", config_path)
     assert json.loads(config_path.read_text()) == {"daclip": infer_daclip_config(tiny_daclip.state_dict())}
     assert not any(key.startswith("visual.") for key in load_file(tmp_path / "daclip.safetensors"))
     assert_same_tensors(load_daclip(tmp_path / "daclip.safetensors").state_dict(), tiny_daclip.state_dict())
@@ -360,8 +364,8 @@ def test_convert_turns_a_daclip_training_checkpoint_into_safetensors_and_config(
 
 def test_convert_fp16_unet_stores_half_floats_that_load_back(tmp_path: Path, tiny_unet: ConditionalUNet) -> None:
     source = write_module_prefixed_pickle(tiny_unet.state_dict(), tmp_path / "unet.pth")
-    kind, config_path = convert_checkpoint(source, tmp_path / "unet.safetensors", fp16=True)
-    assert kind == "unet" and json.loads(config_path.read_text()) == {"unet": tiny_unet.config}
+    converted = convert_checkpoint(source, tmp_path / "unet.safetensors", fp16=True)
+    assert converted.kind == "unet" and json.loads(converted.files[1].read_text()) == {"unet": tiny_unet.config}
     assert {value.dtype for value in load_file(tmp_path / "unet.safetensors").values()} == {torch.float16}
     halved = {key: value.half().float() for key, value in tiny_unet.state_dict().items()}
     assert_same_tensors(load_unet(tmp_path / "unet.safetensors").state_dict(), halved)
@@ -373,6 +377,93 @@ def test_convert_refuses_an_incomplete_checkpoint_and_writes_nothing(tmp_path: P
     with pytest.raises(CheckpointError, match=r"1 key \(final_conv\.bias\) missing"):
         convert_checkpoint(source, tmp_path / "unet.safetensors")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["unet.pth"]
+
+
+CARD = {"sde": {"max_sigma": 10, "T": 100, "schedule": "cosine", "eps": 0.005}, "prediction": "x0", "steps": 1,
+        "sampler": "posterior", "tile": 64, "passes": 2, "repeat_above": 3.5, "precision": "fp32"}
+
+
+def test_save_safetensors_embeds_the_config_so_the_file_carries_it_without_its_json(
+    tmp_path: Path, tiny_unet: ConditionalUNet
+) -> None:
+    path = tmp_path / "unet.safetensors"
+    config = {**CARD, "unet": tiny_unet.config}
+    save_safetensors(tiny_unet.state_dict(), path, config)
+    with safe_open(path, framework="pt") as file:
+        assert json.loads(file.metadata()[CONFIG_METADATA_KEY]) == config
+    assert read_config(path) == (config, str(path.with_suffix(".json")))  # the JSON beside wins
+    path.with_suffix(".json").unlink()
+    assert read_config(path) == (config, f"{path} (embedded config)")
+    save_safetensors(tiny_unet.state_dict(), path)
+    assert read_config(path) == (None, "")  # a bare file
+
+
+def test_saving_the_same_weights_and_config_twice_gives_identical_files(tmp_path: Path, tiny_unet: ConditionalUNet) -> None:
+    config = {**CARD, "unet": tiny_unet.config, "training": {"step": 3}}
+    for name in ("a", "b", "c"):
+        save_safetensors(tiny_unet.state_dict(), tmp_path / f"{name}.safetensors", config)
+    data = {(tmp_path / f"{name}.safetensors").read_bytes() for name in ("a", "b", "c")}
+    assert len(data) == 1
+
+
+def test_convert_copies_the_card_of_the_source_into_the_json_and_the_file(
+    tmp_path: Path, tiny_unet: ConditionalUNet
+) -> None:
+    source = write_plain_pickle(tiny_unet.state_dict(), tmp_path / "model.pth")
+    source.with_suffix(".json").write_text(json.dumps({**CARD, "training": {"step": 5}}))
+    converted = convert_checkpoint(source, tmp_path / "out" / "x.safetensors")
+    expected = {**CARD, "training": {"step": 5}, "unet": tiny_unet.config}
+    assert json.loads(converted.files[1].read_text()) == expected
+    converted.files[1].unlink()
+    assert read_config(converted.files[0])[0] == expected
+
+
+def test_convert_brings_the_further_passes_unet_the_card_names(tmp_path: Path, tiny_unet: ConditionalUNet) -> None:
+    source = write_safetensors(tiny_unet.state_dict(), tmp_path / "m.safetensors")
+    torch.manual_seed(1)
+    second = ConditionalUNet(**TINY_UNET).state_dict()
+    write_safetensors(second, tmp_path / "m_second.safetensors")
+    source.with_suffix(".json").write_text(json.dumps({**CARD, "repeat_unet": "m_second.safetensors"}))
+    converted = convert_checkpoint(source, tmp_path / "copy.safetensors")
+    assert converted.files == (tmp_path / "copy.safetensors", tmp_path / "copy.json", tmp_path / "copy_repeat.safetensors")
+    assert json.loads(converted.files[1].read_text())["repeat_unet"] == "copy_repeat.safetensors"
+    assert_same_tensors(load_unet(converted.files[2]).state_dict(), second)
+
+
+def test_convert_with_a_missing_further_passes_unet_fails_and_writes_nothing(
+    tmp_path: Path, tiny_unet: ConditionalUNet
+) -> None:
+    source = write_safetensors(tiny_unet.state_dict(), tmp_path / "m.safetensors")
+    source.with_suffix(".json").write_text(json.dumps({**CARD, "repeat_unet": "gone.safetensors"}))
+    with pytest.raises(CardError, match=r"gone\.safetensors: no such checkpoint file \(named by .*m\.json"):
+        convert_checkpoint(source, tmp_path / "copy.safetensors")
+    source.with_suffix(".json").write_text(json.dumps({**CARD, "prediction": "eps"}))
+    with pytest.raises(CardError, match=r"m\.json: 'prediction' is 'eps'"):
+        convert_checkpoint(source, tmp_path / "copy.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.safetensors"]
+
+
+def test_convert_refuses_to_overwrite_its_source(tmp_path: Path, tiny_unet: ConditionalUNet) -> None:
+    source = write_safetensors(tiny_unet.state_dict(), tmp_path / "m.safetensors")
+    source.with_suffix(".json").write_text(json.dumps(CARD))
+    before = source.read_bytes()
+    with pytest.raises(UsageError, match="would overwrite the source file"):
+        convert_checkpoint(source, source)
+    assert source.read_bytes() == before and json.loads(source.with_suffix(".json").read_text()) == CARD
+
+
+def test_a_training_resume_state_is_refused_as_weights_to_run_or_convert(tmp_path: Path, tiny_unet: ConditionalUNet) -> None:
+    state = {"format": 1, "step": 3, "model": tiny_unet.state_dict(), "ema": tiny_unet.state_dict(), "config": {}}
+    path = tmp_path / "last" / "state.pt"
+    path.parent.mkdir()
+    torch.save(state, path)
+    message = r"state\.pt: a `derain train` resume state, not weights to run .*/last/unet\.safetensors$"
+    with pytest.raises(CheckpointError, match=message):
+        read_config(path)
+    with pytest.raises(CheckpointError, match=message):
+        convert_checkpoint(path, tmp_path / "x.safetensors")
+    assert not (tmp_path / "x.safetensors").exists()
+    assert_same_tensors(load_unet(path).state_dict(), tiny_unet.state_dict())  # still a start for `train --from`
 
 
 # --- the official architectures (shapes only; skipped without ../shared) ----------------------------

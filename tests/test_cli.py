@@ -204,6 +204,68 @@ def test_batch_into_its_own_folder_without_suffix_is_refused(tmp_path, plain_une
     assert (src / "a.png").read_bytes() == before
 
 
+@pytest.mark.parametrize("out, extra", [("IN/clean", ["-r"]), ("IN", ["--suffix", "_clean"]),
+                                        ("IN", ["-r", "--suffix", "_clean", "--ext", "jpg"])])
+def test_batch_with_outputs_inside_the_input_folder_resumes_on_a_rerun(out, extra, tmp_path, plain_unet_file,
+                                                                       monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # relative paths, as typed
+    write_rgb(Path("IN") / "a.png", seed=1)
+    write_rgb(Path("IN") / "b.png", seed=2)
+    args = ["batch", "IN", "-o", out, *extra, "--unet", plain_unet_file, *FAST]
+    code, _, err = derain(*args, capsys=capsys)
+    assert code == 0 and "2 restored, 0 skipped" in err, err
+    written = sorted(str(p) for p in Path("IN").rglob("*") if p.is_file())
+    first = {p: Path(p).stat().st_mtime_ns for p in written}
+    code, _, err = derain(*args, capsys=capsys)
+    assert code == 0 and "0 restored, 2 skipped, 0 failed" in err, err
+    assert {p: Path(p).stat().st_mtime_ns for p in written} == first
+    assert sorted(str(p) for p in Path("IN").rglob("*") if p.is_file()) == written  # nothing new
+
+
+def test_batch_interrupted_writes_the_report_of_the_images_done_and_exits_130(tmp_path, plain_unet_file,
+                                                                                monkeypatch, capsys):
+    from derain_cli import jobs
+
+    src, dst, report = tmp_path / "in", tmp_path / "out", tmp_path / "report.json"
+    for i, name in enumerate(("a.png", "b.png", "c.png")):
+        write_rgb(src / name, seed=i)
+    real, calls = jobs.derain_file, []
+
+    def ctrl_c_on_the_second(*args, **kwargs):
+        calls.append(args[1].name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(jobs, "derain_file", ctrl_c_on_the_second)
+    code, _, err = derain("batch", src, "-o", dst, "--json", report, "--unet", plain_unet_file, *FAST, capsys=capsys)
+    assert code == 130 and "interrupted after 1 of 3 image(s)" in err and str(report) in err
+    data = json.loads(report.read_text())
+    assert data["interrupted"] is True
+    assert [(Path(r["input"]).name, r["status"]) for r in data["images"]] == [("a.png", "ok")]
+    assert [p.name for p in dst.iterdir()] == ["a.png"]  # no partial or temporary file of b.png
+    monkeypatch.setattr(jobs, "derain_file", real)
+    code, _, err = derain("batch", src, "-o", dst, "--json", report, "--unet", plain_unet_file, *FAST, capsys=capsys)
+    assert code == 0 and "2 restored, 1 skipped" in err
+    assert json.loads(report.read_text())["interrupted"] is False
+
+
+def test_batch_progress_names_the_image_being_restored(tmp_path, plain_unet_file, monkeypatch, capsys):
+    import io
+
+    from rich.console import Console
+
+    src = tmp_path / "in"
+    write_rgb(src / "first.png", seed=1)
+    write_rgb(src / "sub" / "second.png", seed=2)
+    screen = io.StringIO()
+    monkeypatch.setattr(cli, "err", Console(file=screen, force_terminal=True, width=120))
+    code, _, _ = derain("batch", src, "-o", tmp_path / "out", "-r", "--unet", plain_unet_file, "--steps", "2",
+                        "--device", "cpu", capsys=capsys)
+    assert code == 0, screen.getvalue()
+    assert "first.png" in screen.getvalue() and str(Path("sub") / "second.png") in screen.getvalue()
+
+
 # -- bench --------------------------------------------------------------------------------------
 
 def test_bench_score_only_pairs_by_name_and_writes_json_and_csv(tmp_path, capsys):
@@ -222,7 +284,8 @@ def test_bench_score_only_pairs_by_name_and_writes_json_and_csv(tmp_path, capsys
     data = json.loads(report.read_text())
     assert [img["name"] for img in data["images"]] == ["rain-001.png", "rain-002.png", "rain-003.png"]
     assert set(data["mean"]) >= {"psnr", "ssim", "psnr_y", "ssim_y"}
-    assert all(set(img) >= {"name", "psnr", "ssim", "psnr_y", "ssim_y", "seconds"} for img in data["images"])
+    assert all(set(img) >= {"name", "psnr", "ssim", "psnr_y", "ssim_y"} for img in data["images"])
+    assert not any("seconds" in img for img in data["images"]) and "seconds" not in out  # nothing was timed
     assert 20 < data["mean"]["psnr"] < 40 and data["crop_border"] == 0
     assert data["unpaired_inputs"] == ["rain-009.png"]
     assert "rain-009.png" in err and "crop_border=0" in out
@@ -237,8 +300,9 @@ def test_bench_restores_saves_outputs_and_grid(tmp_path, plain_unet_file, capsys
                           "--unet", plain_unet_file, "--no-lpips", "--json", tmp_path / "r.json", *FAST, capsys=capsys)
     assert code == 0, err
     assert (tmp_path / "out" / "001.png").is_file()
-    assert Image.open(tmp_path / "grid" / "001.png").size == (3 * 56 + 8, 40)
-    assert json.loads((tmp_path / "r.json").read_text())["device"] == "cpu"
+    width, height = Image.open(tmp_path / "grid" / "001.png").size
+    assert width == 3 * 56 + 8 and height > 40  # three panels under a band of labels
+    assert json.loads((tmp_path / "r.json").read_text())["settings"]["device"] == "cpu"
 
 
 # -- synth / weights ----------------------------------------------------------------------------
@@ -313,3 +377,49 @@ def test_train_writes_a_loadable_run_and_refuses_to_clobber_it(tmp_path, capsys)
     src = write_rgb(tmp_path / "rainy.png")
     code, _, err = derain("run", src, "-o", tmp_path / "out.png", "--unet", weights, *FAST, capsys=capsys)
     assert code == 0, err
+
+
+# -- fast sampling --------------------------------------------------------------------------------
+
+def test_fast_runs_mars_at_twenty_calls_and_mr_settings_reach_the_sampler(tmp_path, plain_unet_file, capsys,
+                                                                           monkeypatch):
+    from derain_cli import mars
+
+    calls = []
+    real = mars.sample_mars
+
+    def spy(denoiser, mu, x_T, tables, steps, options, *args, **kwargs):
+        calls.append((steps, options))
+        return real(denoiser, mu, x_T, tables, steps, options, *args, **kwargs)
+
+    monkeypatch.setattr(mars, "sample_mars", spy)
+    src = write_rgb(tmp_path / "rainy.png", 24, 24)
+    common = ["--unet", plain_unet_file, "--device", "cpu", "--quiet"]
+    code, _, err = derain("run", src, "-o", tmp_path / "fast.png", "--fast", *common, capsys=capsys)
+    assert code == 0, err
+    code, _, err = derain("run", src, "-o", tmp_path / "mr.png", "--sampler", "mr", "--steps", "20", *common,
+                          capsys=capsys)
+    assert code == 0, err
+    code, _, err = derain("run", src, "-o", tmp_path / "sde.png", "--fast", "--mr", "solver=sde", "--mr", "order=1",
+                          *common, capsys=capsys)
+    assert code == 0, err
+    assert [c[0] for c in calls] == [20, 20, 20]
+    assert calls[0][1] == calls[1][1] == mars.MarsOptions()
+    assert (calls[2][1].solver, calls[2][1].order) == ("sde", 1)
+    fast, mr = (np.asarray(Image.open(tmp_path / n)) for n in ("fast.png", "mr.png"))
+    assert np.array_equal(fast, mr)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--fast", "--steps", "5"], "give --fast or --steps/--sampler, not both"),
+    (["--mr", "order=2"], "--mr settings need --sampler mr or --fast"),
+    (["--fast", "--mr", "order=3"], "unknown MaRS order 3; choose from [1, 2]"),
+    (["--fast", "--mr", "speed=9"], "expected KEY=VALUE with KEY one of solver"),
+    (["--fast", "--mr", "thresholding=maybe"], "expected true or false"),
+])
+def test_fast_and_mr_misuse_is_a_one_line_usage_error(tmp_path, plain_unet_file, capsys, args, message):
+    src = write_rgb(tmp_path / "rainy.png", 24, 24)
+    code, _, err = derain("run", src, "-o", tmp_path / "x.png", "--unet", plain_unet_file, "--device", "cpu", *args,
+                          capsys=capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "x.png").exists()

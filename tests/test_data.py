@@ -204,3 +204,24 @@ def test_copies_of_a_clean_photograph_share_one_array_in_memory(tmp_path):
     images = PairImages([RainOnClean(clean, "heavy", copies=3), RainOnClean(clean, "light")])
     assert len(images) == 4 and images[0][0] is images[2][1]
     assert images[3][0] is images[0][0]  # another preset on the same photograph: read once too
+
+
+def test_training_data_synth_and_batch_list_images_with_the_one_extension_list(tmp_path):
+    from derain_cli import jobs, synth
+    from derain_cli.imageio import IMAGE_EXTENSIONS, list_images
+
+    root = tmp_path / "photos"
+    (root / "sub").mkdir(parents=True)
+    (root / "folder.png").mkdir()  # a folder named like an image is not one
+    names = ["a.PNG", "b.webp", "c.tiff", "d.jpeg", "e.bmp", "notes.txt", ".f.png.1a2b.tmp", "sub/g.jpg"]
+    for name in names:
+        (root / name).write_bytes(b"")
+    top = [root / n for n in ("a.PNG", "b.webp", "c.tiff", "d.jpeg", "e.bmp")]
+    assert list_images(root) == top
+    assert list_images(root, recursive=True) == top + [root / "sub" / "g.jpg"]
+    assert jobs.scan_images(root) == top and jobs.scan_images(root, recursive=True, exclude=root / "sub") == top
+    assert synth._list_images(root) == top
+    assert PairedFolder(root, root).pairs == [(p, p) for p in top]
+    assert {p.suffix.lower() for p in top} <= IMAGE_EXTENSIONS
+    with pytest.raises(DerainError, match="not a folder"):
+        list_images(root / "missing")

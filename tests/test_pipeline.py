@@ -4,9 +4,11 @@ import pytest
 import torch
 from PIL import Image
 
+from derain_cli.card import CascadeCard, ModelCard, SDESettings
+from derain_cli.cascade import Cascade
 from derain_cli.checkpoints import load_daclip, load_unet
-from derain_cli.errors import DerainError
-from derain_cli.pipeline import DerainPipeline, SampleOptions
+from derain_cli.errors import DerainError, NonFiniteError, UsageError
+from derain_cli.pipeline import DerainPipeline, SampleOptions, image_seed
 from derain_cli.sde import IRSDE
 
 from tests.conftest import TINY_SDE
@@ -130,15 +132,18 @@ def test_a_clean_image_predicting_unet_is_sampled_as_such(plain_unet_file):
         DerainPipeline(unet, IRSDE(**TINY_SDE), prediction="eps")
 
 
+def cascade(pipeline: DerainPipeline, passes: int, repeat_above=None, further=None) -> Cascade:
+    """``pipeline`` in a cascade of ``passes`` runs (thresholds as a card gives them: a tuple or None)."""
+    return Cascade(pipeline, CascadeCard(passes, repeat_above), further)
+
+
 def test_a_second_pass_runs_the_model_on_its_own_output_rounded_to_8_bits(plain):
     lq = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     once = plain.restore(lq, FEW)
     saved = torch.round(once * 255) / 255
-    twice = plain.restore(lq, SampleOptions(steps=4, tile=None, passes=2))
+    twice = cascade(plain, 2).restore(lq, FEW)
     assert torch.equal(twice, plain.restore(saved, FEW))
     assert not torch.equal(twice, once)
-    with pytest.raises(ValueError, match="passes must be at least 1"):
-        SampleOptions(passes=0)
 
 
 def test_repeat_above_gives_a_second_pass_only_to_images_the_first_changed_enough(plain):
@@ -149,10 +154,10 @@ def test_repeat_above_gives_a_second_pass_only_to_images_the_first_changed_enoug
     change = (saved - lq).abs().flatten(1).mean(1) * 255
     threshold = float(change.mean())
     assert change[0] > threshold > change[1]
-    out = plain.restore(lq, SampleOptions(steps=4, tile=None, passes=2, repeat_above=threshold))
+    out = cascade(plain, 2, (threshold,)).restore(lq, FEW)
     assert torch.equal(out[0], plain.restore(saved[:1], FEW)[0])  # a second pass for the first image alone
     assert torch.equal(out[1], once[1])
-    never = plain.restore(lq, SampleOptions(steps=4, tile=None, passes=3, repeat_above=255.0))
+    never = cascade(plain, 3, (255.0,)).restore(lq, FEW)
     assert torch.equal(never, once)
 
 
@@ -170,22 +175,13 @@ def test_repeat_above_can_give_each_further_pass_its_own_threshold(plain):
     first, second = _change(chain[0], lq), _change(chain[1], torch.round(chain[0] * 255) / 255)
 
     def run(thresholds: tuple[float, ...], passes: int = 3) -> torch.Tensor:
-        return plain.restore(lq, SampleOptions(steps=4, tile=None, passes=passes, repeat_above=thresholds))
+        return cascade(plain, passes, thresholds).restore(lq, FEW)
 
     assert torch.equal(run((first - 0.01, second + 0.01)), chain[1])  # a second pass, not a third
     assert torch.equal(run((first - 0.01, second - 0.01)), chain[2])  # a third pass too
     assert torch.equal(run((first + 0.01, 0.0)), chain[0])  # no second pass, so no third
-    # The last threshold serves every further pass: a one-element tuple acts as the number.
+    # The last threshold serves every further pass.
     assert torch.equal(run((min(first, second) - 0.01,)), chain[2])
-    assert torch.equal(run((min(first, second) - 0.01,)),
-                       plain.restore(lq, SampleOptions(steps=4, tile=None, passes=3, repeat_above=min(first, second) - 0.01)))
-
-
-def test_an_empty_tuple_of_thresholds_is_refused_and_a_list_is_kept_as_a_tuple():
-    with pytest.raises(ValueError, match="at least one threshold"):
-        SampleOptions(passes=3, repeat_above=())
-    options = SampleOptions(passes=3, repeat_above=[23.4, 11.0])
-    assert options.repeat_above == (23.4, 11.0) and options.repeat_threshold(2) == 11.0
 
 
 def test_a_repeat_unet_runs_the_further_passes_and_only_those(plain_unet_file):
@@ -197,19 +193,116 @@ def test_a_repeat_unet_runs_the_further_passes_and_only_those(plain_unet_file):
     first, other = load_unet(plain_unet_file), ConditionalUNet(**TINY_PLAIN_UNET)
     alone = DerainPipeline(first, IRSDE(**TINY_SDE))
     second = DerainPipeline(other, IRSDE(**TINY_SDE))
-    cascade = DerainPipeline(first, IRSDE(**TINY_SDE), repeat_unet=other)
     lq = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(3))
     once = alone.restore(lq, FEW)
-    assert torch.equal(cascade.restore(lq, FEW), once)  # one pass: the first U-Net alone
     saved = torch.round(once * 255) / 255
     twice = second.restore(saved, FEW)
-    assert torch.equal(cascade.restore(lq, SampleOptions(steps=4, tile=None, passes=2)), twice)
+    assert torch.equal(cascade(alone, 2, further=second).restore(lq, FEW), twice)
     assert not torch.equal(twice, alone.restore(saved, FEW))  # the second U-Net made a difference
     thrice = second.restore(torch.round(twice * 255) / 255, FEW)
-    assert torch.equal(cascade.restore(lq, SampleOptions(steps=4, tile=None, passes=3)), thrice)
+    assert torch.equal(cascade(alone, 3, further=second).restore(lq, FEW), thrice)
 
 
 def test_a_repeat_unet_must_take_the_same_conditioning(plain_unet_file, daclip_model_files):
     unet_path, daclip_path = daclip_model_files
     with pytest.raises(DerainError, match="same conditioning"):
-        DerainPipeline(load_unet(unet_path), IRSDE(), load_daclip(daclip_path), repeat_unet=load_unet(plain_unet_file))
+        cascade(DerainPipeline(load_unet(unet_path), IRSDE(), load_daclip(daclip_path)), 2,
+                further=DerainPipeline(load_unet(plain_unet_file), IRSDE()))
+    with pytest.raises(DerainError, match="same SDE and prediction"):
+        cascade(DerainPipeline(load_unet(plain_unet_file), IRSDE()), 2,
+                further=DerainPipeline(load_unet(plain_unet_file), IRSDE(max_sigma=10)))
+
+
+def test_the_pipeline_samples_with_its_cards_defaults_and_refuses_what_the_card_does_not_support(plain_unet_file):
+    card = ModelCard(sde=SDESettings(**TINY_SDE), sampler="ode", steps=3, samplers=("ode", "sde"), steps_range=(2, 5))
+    pipeline = DerainPipeline(load_unet(plain_unet_file), card=card)
+    lq = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    default = pipeline.restore(lq, SampleOptions(tile=None))
+    assert torch.equal(default, pipeline.restore(lq, SampleOptions(steps=3, sampler="ode", tile=None)))
+    assert pipeline.options() == SampleOptions(steps=3, sampler="ode")
+    for bad, message in (({"steps": 6}, "--steps 6: this model supports 2..5 steps"),
+                         ({"sampler": "posterior"}, "--sampler posterior: this model supports ode, sde")):
+        with pytest.raises(UsageError, match=message):
+            pipeline.restore(lq, SampleOptions(tile=None, **bad))
+    with pytest.raises(ValueError, match="either a card or sde"):
+        DerainPipeline(load_unet(plain_unet_file), IRSDE(), card=card)
+
+
+def test_each_image_of_a_batch_gets_what_it_gets_alone_with_its_image_seed(plain):
+    lq = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    lq[2] = lq[1]  # the same picture at two positions still gets two noise draws
+    batch = plain.restore(lq, SampleOptions(steps=4, seed=7, tile=None))
+    for i in range(3):
+        alone = plain.restore(lq[i:i + 1], SampleOptions(steps=4, seed=image_seed(7, i), tile=None))
+        torch.testing.assert_close(batch[i], alone[0], atol=1e-5, rtol=0)  # batched convolutions round differently
+    assert not torch.allclose(batch[1], batch[2])
+    assert image_seed(7, 0) == 7 and len({image_seed(7, i) for i in range(3)} | {image_seed(8, 1)}) == 4
+
+
+def test_the_first_image_of_a_batch_draws_the_noise_of_a_generator_seeded_with_the_seed(plain):
+    lq = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    seen = []
+    original = plain.sde.noise_state
+
+    def spy(mu, generator=None):
+        state = original(mu, generator)
+        seen.append(state)
+        return state
+
+    plain.sde.noise_state = spy
+    try:
+        plain.restore(lq, SampleOptions(steps=1, seed=11, tile=None))
+    finally:
+        del plain.sde.noise_state
+    want = lq[:1] + torch.randn((1, 3, 16, 16), generator=torch.Generator().manual_seed(11)) * plain.sde.max_sigma
+    assert torch.equal(seen[0][:1], want)
+
+
+def test_a_further_pass_on_some_images_of_a_batch_keeps_each_images_seed(plain):
+    lq = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    lq[0] = plain.restore(lq[:1], FEW)[0]  # the model hardly changes the first image: one pass only
+    once = plain.restore(lq, FEW)
+    change = (torch.round(once * 255) / 255 - lq).abs().flatten(1).mean(1) * 255
+    threshold = float(change[0] + change[1:].min()) / 2
+    assert change[0] < threshold < change[1:].min()
+    options = SampleOptions(steps=4, seed=9, tile=None)
+    model = cascade(plain, 2, (threshold,))
+    batch = model.restore(lq, options)
+    for i in range(3):
+        alone = model.restore(lq[i:i + 1], SampleOptions(steps=4, seed=image_seed(9, i), tile=None))
+        torch.testing.assert_close(batch[i], alone[0], atol=1e-5, rtol=0)  # batched convolutions round differently
+
+
+def test_a_non_finite_sampler_result_is_a_derain_error_naming_the_sampler_and_steps(plain, monkeypatch):
+    monkeypatch.setattr(plain, "denoiser", lambda x, mu, t, **context: torch.full_like(x, float("nan")))
+    with pytest.raises(NonFiniteError, match="posterior sampler at 4 step"):
+        plain.restore(torch.rand(1, 3, 16, 16), FEW)
+    assert issubclass(NonFiniteError, DerainError)
+
+
+def test_fp16_on_the_cpu_warns_that_it_is_slow(plain_unet_file):
+    with pytest.warns(UserWarning, match="fp16 on the CPU"):
+        DerainPipeline(load_unet(plain_unet_file), IRSDE(**TINY_SDE), dtype=torch.float16)
+
+
+def test_images_with_a_side_below_the_minimum_are_sampled_edge_padded_and_cropped_back(plain):
+    lq = torch.rand(1, 3, 3, 20, generator=torch.Generator().manual_seed(6))
+    side = plain.min_side
+    assert side == 2 ** (plain.unet.depth + 1)
+    padded = torch.nn.functional.pad(lq, (0, 0, 0, side - 3), mode="replicate")
+    torch.testing.assert_close(plain.restore(lq, FEW), plain.restore(padded, FEW)[..., :3, :], atol=1e-6, rtol=0)
+
+
+def test_a_model_working_in_tiles_warns_about_images_many_tiles_wide(plain_unet_file):
+    import warnings
+
+    from derain_cli.pipeline import LARGE_IMAGE_TILES
+
+    card = ModelCard(sde=SDESettings(**TINY_SDE), tile=64)
+    pipeline = DerainPipeline(load_unet(plain_unet_file), card=card)
+    options = SampleOptions(steps=1, tile=None)
+    with pytest.warns(UserWarning, match=f"{LARGE_IMAGE_TILES * 64 + 16}x16 is more than"):
+        pipeline.restore(torch.rand(1, 3, 16, LARGE_IMAGE_TILES * 64 + 16), options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipeline.restore(torch.rand(1, 3, 16, LARGE_IMAGE_TILES * 64), options)

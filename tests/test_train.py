@@ -19,6 +19,8 @@ from safetensors.torch import load_file
 from derain_cli.checkpoints import load_unet, save_safetensors
 from derain_cli.data import RandomPatches
 from derain_cli.errors import DerainError
+from derain_cli.metrics import score_pair
+from derain_cli.pipeline import DerainPipeline, SampleOptions
 from derain_cli.sde import IRSDE
 from derain_cli.synth import PRESETS
 from derain_cli.train import (EMA, TrainConfig, Trainer, TrainingStopped, draw_times_and_noise, lr_at,
@@ -117,22 +119,31 @@ def test_learning_rate_warms_up_linearly_then_follows_a_cosine_to_lr_min():
     assert all(a >= b for a, b in zip(rates, rates[1:]))
 
 
-def test_ema_copies_until_start_then_averages_with_warmed_up_decay():
+def test_ema_copies_at_every_step_until_start_then_averages_every_few_steps_with_warmed_up_decay():
     model = torch.nn.Linear(2, 1, bias=False)
     ema = EMA(model, decay=0.9, every=2, start=4)
     with torch.no_grad():
         model.weight.fill_(1.0)
-    ema.update(model, 3)  # not a multiple of every: no update
-    assert not torch.equal(ema.model.weight, model.weight)
-    ema.update(model, 4)  # up to start: copy
+    ema.update(model, 3)  # up to start: copy, at any step
     assert torch.equal(ema.model.weight, model.weight)
     with torch.no_grad():
         model.weight.fill_(3.0)
+    ema.update(model, 5)  # after start, not a multiple of every: no update
+    assert torch.equal(ema.model.weight, torch.ones(1, 2))
     ema.update(model, 6)
     decay = 1 - 3 ** (-2 / 3)
     assert ema.decay_at(6) == pytest.approx(decay)
     torch.testing.assert_close(ema.model.weight, torch.full((1, 2), decay * 1 + (1 - decay) * 3))
     assert ema.decay_at(10**6) == 0.9
+
+
+def test_a_run_shorter_than_the_ema_warm_up_exports_its_trained_weights(tmp_path, rain_data):
+    out = tmp_path / "run"
+    result = train(tiny(out, rain_data, steps=4, ema_every=10, ema_start=100))
+    state = torch.load(out / "last" / "state.pt", weights_only=True)
+    exported = load_unet(result).state_dict()
+    assert all(torch.equal(exported[k], state["model"][k]) for k in exported)
+    assert state["step"] == 4
 
 
 def test_training_lowers_the_loss_on_a_synthetic_rain_set(tmp_path, rain_data):
@@ -227,10 +238,73 @@ def test_sigterm_stops_after_the_step_and_saves_it(tmp_path, rain_data):
         if info.step == 2:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    with pytest.raises(TrainingStopped, match="SIGTERM after step 2"):
+    with pytest.raises(TrainingStopped, match="SIGTERM at step 2") as stopped:
         train(tiny(tmp_path / "run", rain_data), progress=progress)
+    assert (stopped.value.step, stopped.value.signum) == (2, signal.SIGTERM)
+    assert stopped.value.folder == tmp_path / "run" / "last"
     assert torch.load(tmp_path / "run" / "last" / "state.pt", weights_only=True)["step"] == 2
     assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_a_stop_signal_during_validation_stops_within_one_sampler_step(tmp_path, rain_data):
+    trainer = Trainer(tiny(tmp_path / "run", rain_data, steps=10, val=rain_data, val_every=2, val_steps=20,
+                           val_crop=16))
+    calls = []
+    forward = trainer.ema.model.forward
+
+    def signalling_forward(*args, **kwargs):  # the EMA model runs only in validation
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return forward(*args, **kwargs)
+
+    trainer.ema.model.forward = signalling_forward
+    with pytest.raises(TrainingStopped, match="SIGTERM at step 2"):
+        trainer.run()
+    assert len(calls) == 1  # not 6 images x 20 sampler steps
+    assert torch.load(tmp_path / "run" / "last" / "state.pt", weights_only=True)["step"] == 2
+    assert not (tmp_path / "run" / "best").exists()  # the cut-short validation scored nothing
+    assert read_log(tmp_path / "run" / "log.csv")[-1] == {**read_log(tmp_path / "run" / "log.csv")[-1],
+                                                           "step": 2, "val_psnr_y": None}
+
+
+def test_validation_samples_cheaply_by_default_but_unet_json_keeps_the_models_own_defaults(tmp_path, rain_data):
+    assert (TrainConfig().val_steps, TrainConfig().val_sampler) == (None, None)
+    trainer = Trainer(tiny(tmp_path / "run", rain_data, steps=2, val=rain_data, val_every=2, val_crop=16,
+                           val_limit=1, max_sigma=10))
+    seen = []
+    restore = DerainPipeline.restore
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(DerainPipeline, "restore",
+                      lambda self, lq, options, callback=None: seen.append(options) or restore(
+                          self, lq, options, callback))
+        trainer.run()
+    assert [(o.steps, o.sampler) for o in seen] == [(10, "posterior")]
+    sidecar = json.loads((tmp_path / "run" / "best" / "unet.json").read_text())
+    assert "steps" not in sidecar and "sampler" not in sidecar  # a noise model's faithful default: all T steps
+
+
+def test_validation_with_given_steps_and_sampler_records_them_in_unet_json_to_reproduce_it(tmp_path, rain_data):
+    trainer = Trainer(tiny(tmp_path / "run", rain_data, steps=2, val=rain_data, val_every=2, val_crop=16,
+                           val_limit=1, max_sigma=10, prediction="x0", val_steps=10, val_sampler="ode"))
+    steps_seen = []
+    restore = DerainPipeline.restore
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(DerainPipeline, "restore",
+                      lambda self, lq, options, callback=None: steps_seen.append(options) or restore(
+                          self, lq, options, callback))
+        trainer.run()
+    assert [(o.steps, o.sampler, o.seed, o.tile) for o in steps_seen] == [(10, "ode", 0, None)]
+    sidecar = json.loads((tmp_path / "run" / "best" / "unet.json").read_text())
+    assert sidecar["sde"] == {"max_sigma": 10.0, "T": 100, "schedule": "cosine", "eps": 0.005}
+    assert (sidecar["prediction"], sidecar["steps"], sidecar["sampler"]) == ("x0", 10, "ode")
+    # the pipeline `derain run --unet` builds from these files scores what validation scored
+    pipeline = DerainPipeline(load_unet(tmp_path / "run" / "best" / "unet.safetensors"), IRSDE(**sidecar["sde"]),
+                              prediction=sidecar["prediction"])
+    _, lq, gt = trainer.val_pairs[0]
+    out = pipeline.restore(lq[None], SampleOptions(steps=sidecar["steps"], sampler=sidecar["sampler"], tile=None))
+    image = (out[0] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    assert score_pair(image, gt)["psnr_y"] == pytest.approx(sidecar["training"]["val_psnr_y"], abs=1e-9)
 
 
 def test_clean_image_prediction_learns_by_l1_on_the_clean_image_and_is_recorded(tmp_path, rain_data):
@@ -264,8 +338,23 @@ def test_an_existing_run_is_not_overwritten_and_resume_keeps_the_sampling_settin
     train(tiny(out, rain_data, steps=1))
     with pytest.raises(DerainError, match="already holds a training run"):
         Trainer(tiny(out, rain_data, steps=2))
-    with pytest.raises(DerainError, match="batch_size"):
+    with pytest.raises(DerainError, match="--batch-size 2 in the run, 4 given"):
         Trainer(tiny(out, rain_data, steps=2, batch_size=4, resume=True))
+
+
+@pytest.mark.parametrize("change, message", [({"nf": 16}, "--nf 8 in the run, 16 given"),
+                                             ({"ch_mult": (1, 2, 2)}, "--ch-mult 1,2 in the run, 1,2,2 given"),
+                                             ({"daclip": Path("daclip.pt")}, "--daclip off in the run, on given"),
+                                             ({"T": 50}, "--sde-steps 100 in the run, 50 given"),
+                                             ({"max_sigma": 10.0}, "--max-sigma 50 in the run, 10 given")])
+def test_resuming_with_another_architecture_is_refused_naming_the_flag_and_both_values(tmp_path, rain_data,
+                                                                                       change, message):
+    out = tmp_path / "run"
+    train(tiny(out, rain_data, steps=1))
+    with pytest.raises(DerainError, match=f"cannot resume {out} with other settings: {message}") as refused:
+        Trainer(tiny(out, rain_data, steps=2, resume=True, **change))
+    assert "\n" not in str(refused.value)
+    assert Trainer(tiny(out, rain_data, steps=2, resume=True)).step == 1  # the run's own flags still resume
 
 
 def test_validation_logs_psnr_y_keeps_the_best_and_plots(tmp_path, rain_data):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +16,25 @@ from huggingface_hub import constants as hf_constants
 from derain_cli import weights
 from derain_cli.errors import WeightsError
 from derain_cli.weights import (
+    ModelRow,
     UnverifiedWeightsWarning,
     cached_path,
     file_sha256,
     get_weights,
     is_cached,
     list_entries,
+    list_models,
     load_manifest,
+    local_weights,
     pick_auto_model,
     resolve_model,
     resolve_weights,
     verify,
     weights_names,
 )
+from tests.conftest import REPO
 from tests.hub_standin import HubFile, HubStandin
+from tests.test_cli import derain
 
 REPO = "derain-test/tiny-weights"
 REVISION = "0123456789abcdef0123456789abcdef01234567"
@@ -337,8 +344,8 @@ def test_bundled_manifest_pins_the_published_universal_weights(monkeypatch: pyte
     manifest = load_manifest()
     assert manifest.path == weights.BUNDLED_MANIFEST
     universal = resolve_model(manifest, "universal")
-    assert (universal.unet, universal.daclip, universal.sampler) == ("universal-ir", "daclip_ViT-B-32", "posterior")
-    sde = universal.sde
+    assert (universal.unet, universal.daclip, universal.card.sampler) == ("universal-ir", "daclip_ViT-B-32", "posterior")
+    sde = universal.card.sde
     assert (sde.max_sigma, sde.T, sde.schedule, sde.eps) == (50, 100, "cosine", 0.005)
     unet = get_weights(manifest, "universal-ir")
     assert unet.sha256 == "87575b2559ca122d27b56fe7f24fe63d8099795cdd5b16af2bab41ecc2bb02a8"
@@ -446,13 +453,6 @@ def test_unreadable_manifests_fail_with_the_position_or_path(tmp_path: Path) -> 
         load_manifest(tmp_path / "nope.json")
 
 
-def test_model_precisions_are_the_precisions_the_devices_know():
-    from derain_cli.devices import PRECISIONS
-    from derain_cli.weights import MODEL_PRECISIONS
-
-    assert set(MODEL_PRECISIONS) == set(PRECISIONS)
-
-
 def test_a_model_with_a_unet_for_further_passes_needs_both_weights(tmp_path: Path) -> None:
     entries = {"first": hub_entry("good.bin", GOOD), "second": hub_entry("other.bin", OTHER)}
     models = {"cascade": {**model_entry("first"), "repeat_unet": "second"}, "plain": model_entry("first")}
@@ -460,3 +460,60 @@ def test_a_model_with_a_unet_for_further_passes_needs_both_weights(tmp_path: Pat
     assert resolve_model(manifest, "cascade").repeat_unet == "second"
     assert resolve_model(manifest, "plain").repeat_unet is None
     assert weights_names(manifest, ["cascade"]) == ["first", "second"]
+
+
+# ---------------------------------------------------------------------------------------------- the weights commands
+
+
+def test_list_models_names_what_model_takes_with_its_weights_and_cache_state(hub: HubStandin, manifest_path: Path) -> None:
+    manifest = load_manifest(manifest_path)
+    assert list_models(manifest) == [ModelRow("universal", ("tiny",), False, "test")]
+    resolve_weights(manifest, "tiny", progress=False)
+    assert list_models(manifest)[0].cached
+
+
+def test_weights_list_shows_the_model_names_and_which_one_auto_picks(
+    hub: HubStandin, manifest_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = derain("weights", "list", "--manifest", manifest_path, capsys=capsys)
+    assert code == 0
+    assert "--model NAME" in out and "universal (auto)" in out and "resumable" in out
+
+
+def test_weights_path_prints_each_file_of_a_model_without_downloading(
+    hub: HubStandin, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    entries = {"first": hub_entry("good.bin", GOOD), "second": hub_entry("resume.bin", LONG)}
+    models = {"cascade": {**model_entry("first"), "repeat_unet": "second"}}
+    manifest_file = write_manifest(tmp_path, entries, models)
+    code, out, err = derain("weights", "path", "cascade", "--manifest", manifest_file, capsys=capsys)
+    assert code == 1 and out == "" and hub.requests == []
+    assert "first: not downloaded; run `derain weights download cascade`" in err and "offline" not in err
+    manifest = load_manifest(manifest_file)
+    paths = [resolve_weights(manifest, name, progress=False) for name in ("first", "second")]
+    code, out, err = derain("weights", "path", "cascade", "first", "--manifest", manifest_file, capsys=capsys)
+    assert code == 0, err
+    assert out.splitlines() == [str(path) for path in paths]
+
+
+def test_weights_path_of_a_tampered_file_says_it_is_damaged_and_leaves_it(hub: HubStandin, manifest_path: Path) -> None:
+    manifest = load_manifest(manifest_path)
+    path = resolve_weights(manifest, "tiny", progress=False)
+    path.resolve().write_bytes(OTHER)
+    with pytest.raises(WeightsError, match=r"tiny: the cached file .* is damaged \(sha256 mismatch.*download tiny` to fetch"):
+        local_weights(manifest, "tiny")
+    assert path.read_bytes() == OTHER
+
+
+def test_every_retry_warning_of_a_download_is_printed_once(hub: HubStandin, tmp_path: Path) -> None:
+    hub.files["busy.bin"] = HubFile(GOOD, rate_limited=1)  # the metadata request is retried
+    hub.files["cut.bin"] = HubFile(LONG, interrupt_after=INTERRUPT_AT)  # the transfer is resumed
+    manifest_file = write_manifest(tmp_path, {"busy": hub_entry("busy.bin", GOOD), "cut": hub_entry("cut.bin", LONG)})
+    env = {key: value for key, value in os.environ.items() if key not in ("HF_HUB_OFFLINE", "HF_TOKEN")}
+    env.update(PYTHONPATH=str(REPO), HF_HUB_DISABLE_IMPLICIT_TOKEN="1", HF_HUB_DISABLE_PROGRESS_BARS="1")
+    done = subprocess.run([sys.executable, "-m", "derain_cli", "weights", "download", "busy", "cut",
+                           "--manifest", str(manifest_file)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("Retrying in") == 1, done.stderr
+    assert done.stderr.count("Trying to resume download") == 1, done.stderr
+    assert "warning: Retrying in" in done.stderr  # in the CLI's own format

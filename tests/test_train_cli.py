@@ -1,0 +1,79 @@
+"""`derain train` end to end: option names, resume refusals and stopping by signal, through cli.main()."""
+
+import json
+import os
+import signal
+import sys
+
+import pytest
+import torch
+
+from derain_cli import cli
+from derain_cli.train import Trainer
+
+from tests.conftest import write_rgb
+
+
+def derain(*args, capsys) -> tuple[int, str, str]:
+    """Run `derain ARGS` in-process via the console-script entry point; (exit code, stdout, stderr)."""
+    argv = sys.argv
+    sys.argv = ["derain", *map(str, args)]
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        sys.argv = argv
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def pairs(tmp_path):
+    for i in range(3):
+        write_rgb(tmp_path / "data" / "GT" / f"{i}.png", 40, 40, seed=i)
+        write_rgb(tmp_path / "data" / "LQ" / f"{i}.png", 40, 40, seed=i + 10)
+    return tmp_path / "data"
+
+
+def tiny_args(data, *more) -> list:
+    return ["train", "--data", data, "--nf", "8", "--ch-mult", "1,2", "--patch-size", "16", "--batch-size", "2",
+            "--workers", "0", "--device", "cpu", "--quiet", *more]
+
+
+def test_train_takes_output_and_sde_steps_and_their_old_names_and_refuses_another_architecture(
+        tmp_path, pairs, capsys):
+    run = tmp_path / "run"
+    code, _, err = derain(*tiny_args(pairs, "-o", run, "--sde-steps", "100", "--steps", "2"), capsys=capsys)
+    assert code == 0, err
+    sidecar = json.loads((run / "last" / "unet.json").read_text())
+    assert (sidecar["sde"]["T"], sidecar.get("steps"), sidecar["sampler"]) == (100, None, "posterior")
+    code, _, err = derain(*tiny_args(pairs, "--out", run, "--T", "100", "--steps", "3", "--resume"), capsys=capsys)
+    assert code == 0, err
+    assert torch.load(run / "last" / "state.pt", weights_only=True)["step"] == 3
+    for flag, value, message in [("--sde-steps", "50", "--sde-steps 100 in the run, 50 given"),
+                                 ("--nf", "16", "--nf 8 in the run, 16 given")]:
+        code, _, err = derain(*tiny_args(pairs, "--output", run, flag, value, "--steps", "4", "--resume"),
+                              capsys=capsys)
+        assert code == 1 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_train_stopped_by_a_signal_saves_says_so_in_one_line_and_exits_with_the_signal_code(
+        tmp_path, pairs, capsys, monkeypatch, signum, code):
+    step = Trainer.train_step
+
+    def signalled_step(self, batch, number):
+        if number == 3:
+            os.kill(os.getpid(), signum)  # as Ctrl-C or `kill` would, in the middle of step 3
+        return step(self, batch, number)
+
+    monkeypatch.setattr(Trainer, "train_step", signalled_step)
+    previous = signal.getsignal(signum)
+    run = tmp_path / "run"
+    exit_code, _, err = derain(*tiny_args(pairs, "-o", run, "--steps", "100"), capsys=capsys)
+    assert exit_code == code
+    assert err.strip() == f"stopped at step 3 (saved in {run / 'last'}); --resume continues"
+    assert torch.load(run / "last" / "state.pt", weights_only=True)["step"] == 3
+    assert signal.getsignal(signum) is previous and "stopped by" in (run / "train.log").read_text()
