@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A small noise-prediction model trained on every time step, to compare samplers at every step count
 # (docs/BENCHMARKS.md, "Samplers at 1..100 calls"). CPU only, one thread, about an hour on a busy 2-core machine.
+# Trained with the code of b96289a (where the run-folder flag was --out, now --output); table: 1fd1279.
 # Usage: [RUN=RUN_DIR] bash recipes/small_noise.sh SHARED_DATA WORK_DIR [split|train|table|all]
 #   SHARED_DATA: folder with raintrainl/ and raincityscapes/ (LQ/ + GT/). Rain100H/L are never used.
 #   Held out: raintrainl pairs whose number is divisible by 10, and the 11 raincityscapes zurich_* pairs.
@@ -39,11 +40,11 @@ train() {
   # Stage 1: lr 2e-4 for 1000 steps, stopped at step 692 (the machine was slower than planned). Its
   # noise estimates were still far too small (std 0.15 against 1, validation 8.7 dB PSNR_Y), so
   # stage 2 goes on from its EMA weights at lr 1e-3.
-  OMP_NUM_THREADS=1 PYTHONPATH="$repo" python3 -m derain_cli train --out "$run" --data "$work/train" \
+  OMP_NUM_THREADS=1 PYTHONPATH="$repo" python3 -m derain_cli train --output "$run" --data "$work/train" \
     --prediction noise --t-min 1 --nf 16 --ch-mult 1,2,4,4 --max-sigma 50 \
     --patch-size 64 --batch-size 4 --steps 1000 --stop-after 692 --warmup 100 --device cpu --workers 0 \
     --val "$work/val" --val-steps 10 --val-limit 6 --val-crop 128 --val-every 500 --ckpt-every 500 -q
-  OMP_NUM_THREADS=1 PYTHONPATH="$repo" python3 -m derain_cli train --out "$run/stage2" --data "$work/train" \
+  OMP_NUM_THREADS=1 PYTHONPATH="$repo" python3 -m derain_cli train --output "$run/stage2" --data "$work/train" \
     --from "$run/last/unet.safetensors" --prediction noise --t-min 1 --max-sigma 50 --lr 1e-3 \
     --patch-size 64 --batch-size 4 --steps 1200 --warmup 50 --device cpu --workers 0 \
     --val "$work/val" --val-steps 10 --val-limit 6 --val-crop 128 --val-every 400 --ckpt-every 400 -q
