@@ -3,30 +3,14 @@
 import json
 import os
 import signal
-import sys
 
 import pytest
 import torch
 
-from derain_cli import cli
 from derain_cli.train import Trainer
 
 from tests.conftest import write_rgb
-
-
-def derain(*args, capsys) -> tuple[int, str, str]:
-    """Run `derain ARGS` in-process via the console-script entry point; (exit code, stdout, stderr)."""
-    argv = sys.argv
-    sys.argv = ["derain", *map(str, args)]
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    finally:
-        sys.argv = argv
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from tests.test_cli import derain
 
 
 @pytest.fixture
