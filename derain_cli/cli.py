@@ -466,7 +466,7 @@ def train(
     keep: Annotated[int, typer.Option("--keep", min=0, help="Step-numbered checkpoints kept, the newest (last/ and best/ are always kept).")] = 3,
     val_every: Annotated[int, typer.Option("--val-every", min=1, help="Validate every N steps.")] = 1000,
     val_steps: Annotated[Optional[int], typer.Option("--val-steps", min=1, help="Sampler steps for validation (default 10: cheap; a noise model scores higher with --sde-steps, an x0 model may use 1); when given, kept in unet.json as the weights' default.")] = None,
-    val_sampler: Annotated[str, typer.Option("--val-sampler", help="Sampler for validation (posterior, sde or ode), kept in unet.json as the weights' default.")] = "posterior",
+    val_sampler: Annotated[Optional[SamplerChoice], typer.Option("--val-sampler", help="Sampler for validation (default posterior); when given, kept in unet.json as the weights' default.")] = None,
     val_crop: Annotated[Optional[int], typer.Option("--val-crop", min=16, help="Score centre crops of this size.")] = None,
     val_limit: Annotated[Optional[int], typer.Option("--val-limit", min=1, help="Score only the first N pairs.")] = None,
     workers: Annotated[int, typer.Option("--workers", min=0, help="Data loader processes.")] = 2,
@@ -496,7 +496,7 @@ def train(
         from_weights=_weights_file(from_, manifest, offline), daclip=_weights_file(daclip, manifest, offline),
         max_sigma=max_sigma, T=sde_steps, schedule=schedule, eps=eps, prediction=prediction, t_min=t_min, steps=steps, stop_after=stop_after,
         batch_size=batch_size, patch_size=patch_size, lr=lr, warmup_steps=warmup, grad_clip=grad_clip or None, ema_decay=ema_decay,
-        ckpt_every=ckpt_every, keep_checkpoints=keep, val_every=val_every, val_steps=val_steps, val_sampler=val_sampler, val_crop=val_crop, val_limit=val_limit,
+        ckpt_every=ckpt_every, keep_checkpoints=keep, val_every=val_every, val_steps=val_steps, val_sampler=_plain(val_sampler), val_crop=val_crop, val_limit=val_limit,
         seed=seed, device=device, num_workers=workers, resume=resume,
     )
     with _progress(quiet) as progress:

@@ -32,7 +32,7 @@ def test_train_takes_output_and_sde_steps_and_their_old_names_and_refuses_anothe
     code, _, err = derain(*tiny_args(pairs, "-o", run, "--sde-steps", "100", "--steps", "2"), capsys=capsys)
     assert code == 0, err
     sidecar = json.loads((run / "last" / "unet.json").read_text())
-    assert (sidecar["sde"]["T"], sidecar.get("steps"), sidecar["sampler"]) == (100, None, "posterior")
+    assert (sidecar["sde"]["T"], sidecar.get("steps"), sidecar.get("sampler")) == (100, None, None)
     code, _, err = derain(*tiny_args(pairs, "--out", run, "--T", "100", "--steps", "3", "--resume"), capsys=capsys)
     assert code == 0, err
     assert torch.load(run / "last" / "state.pt", weights_only=True)["step"] == 3
@@ -61,3 +61,17 @@ def test_train_stopped_by_a_signal_saves_says_so_in_one_line_and_exits_with_the_
     assert err.strip() == f"stopped at step 3 (saved in {run / 'last'}); --resume continues"
     assert torch.load(run / "last" / "state.pt", weights_only=True)["step"] == 3
     assert signal.getsignal(signum) is previous and "stopped by" in (run / "train.log").read_text()
+
+
+def test_a_cli_run_records_no_sampler_it_was_not_given(tmp_path, capsys):
+    for i in range(2):
+        write_rgb(tmp_path / "data" / "GT" / f"{i}.png", 40, 40, seed=i)
+        write_rgb(tmp_path / "data" / "LQ" / f"{i}.png", 40, 40, seed=i + 10)
+    args = ["train", "--data", tmp_path / "data", "-o", tmp_path / "run", "--nf", "8", "--ch-mult", "1,2", "--steps", "1",
+            "--patch-size", "32", "--batch-size", "2", "--workers", "0", "--device", "cpu", "--quiet"]
+    code, _, err = derain(*args, capsys=capsys)
+    assert code == 0, err
+    sidecar = json.loads((tmp_path / "run" / "last" / "unet.json").read_text())
+    assert "sampler" not in sidecar and "steps" not in sidecar  # the weights keep the card's defaults (T steps)
+    code, _, err = derain(*args[:4], tmp_path / "run2", *args[5:], "--val-sampler", "euler", capsys=capsys)
+    assert code == 2 and "euler" in err
