@@ -15,19 +15,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from huggingface_hub import constants as hf_constants
-from huggingface_hub import hf_hub_download, try_to_load_from_cache
-from huggingface_hub.utils import (
-    EntryNotFoundError,
-    HfHubHTTPError,
-    LocalEntryNotFoundError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-    are_progress_bars_disabled,
-    disable_progress_bars,
-    enable_progress_bars,
-)
-
 from derain_cli.card import CARD_KEYS, ModelCard, check_keys, parse_card
 from derain_cli.errors import WeightsError
 
@@ -74,7 +61,6 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
-_TRANSPORT_ERRORS = _transport_errors()
 
 
 class UnverifiedWeightsWarning(UserWarning):
@@ -312,6 +298,8 @@ def cached_path(entry: WeightsEntry) -> Path | None:
     """Return the local file of an entry (bundled file or Hugging Face cache snapshot), or None if absent."""
     if entry.path is not None:
         return entry.path if entry.path.is_file() else None
+    from huggingface_hub import try_to_load_from_cache  # the Hub client is imported where it is used
+
     found = try_to_load_from_cache(entry.repo_id, entry.filename, revision=entry.revision)
     return Path(found) if isinstance(found, str) else None
 
@@ -357,6 +345,8 @@ def local_weights(manifest: Manifest, name: str, wanted: str | None = None) -> P
 def offline_mode(requested: bool = False) -> bool:
     """Whether downloads are off: `requested`, or HF_HUB_OFFLINE set now or when huggingface_hub was imported."""
     from_env = os.environ.get("HF_HUB_OFFLINE", "").upper() in _TRUE
+    from huggingface_hub import constants as hf_constants
+
     return requested or from_env or bool(hf_constants.HF_HUB_OFFLINE)
 
 
@@ -444,6 +434,8 @@ def _offline_hint(name: str) -> str:
 @contextmanager
 def _progress_bars(enabled: bool) -> Iterator[None]:
     """Temporarily silence huggingface_hub's download bars when `enabled` is False."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
     if enabled or are_progress_bars_disabled():
         yield
         return
@@ -477,6 +469,10 @@ def _hub_logs_once() -> Iterator[None]:
 
 def _download(entry: WeightsEntry, *, progress: bool) -> Path:
     """Fetch one Hub entry into the Hugging Face cache (resuming broken transfers) and return its snapshot path."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import (EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError,
+                                       RepositoryNotFoundError, RevisionNotFoundError)
+
     where = f"{entry.name} ({entry.repo_id}/{entry.filename} @ {str(entry.revision)[:7]})"
     try:
         with _progress_bars(progress), _hub_logs_once():
@@ -493,7 +489,7 @@ def _download(entry: WeightsEntry, *, progress: bool) -> Path:
         raise WeightsError(f"{where}: file {entry.filename!r} not found in the repository at that revision") from err
     except HfHubHTTPError as err:
         raise WeightsError(f"{where}: download failed: {str(err).splitlines()[0]}") from err
-    except _TRANSPORT_ERRORS as err:
+    except _transport_errors() as err:
         raise WeightsError(f"{where}: connection to the Hub lost ({type(err).__name__}: {err}); try again") from err
     return Path(found)
 
