@@ -268,17 +268,22 @@ def test_a_stop_signal_during_validation_stops_within_one_sampler_step(tmp_path,
                                                            "step": 2, "val_psnr_y": None}
 
 
-def test_validation_samples_cheaply_by_default_but_unet_json_keeps_the_models_own_defaults(tmp_path, rain_data):
-    assert (TrainConfig().val_steps, TrainConfig().val_sampler) == (None, None)
-    trainer = Trainer(tiny(tmp_path / "run", rain_data, steps=2, val=rain_data, val_every=2, val_crop=16,
-                           val_limit=1, max_sigma=10))
+def _validation_options(trainer: Trainer) -> list:
+    """Run ``trainer`` and return the sampling options each validation restore got."""
     seen = []
     restore = DerainPipeline.restore
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(DerainPipeline, "restore",
-                      lambda self, lq, options, callback=None: seen.append(options) or restore(
-                          self, lq, options, callback))
+                      lambda self, lq, options, callback=None: seen.append(options) or restore(self, lq, options, callback))
         trainer.run()
+    return seen
+
+
+def test_validation_samples_cheaply_by_default_but_unet_json_keeps_the_models_own_defaults(tmp_path, rain_data):
+    assert (TrainConfig().val_steps, TrainConfig().val_sampler) == (None, None)
+    trainer = Trainer(tiny(tmp_path / "run", rain_data, steps=2, val=rain_data, val_every=2, val_crop=16,
+                           val_limit=1, max_sigma=10))
+    seen = _validation_options(trainer)
     assert [(o.steps, o.sampler) for o in seen] == [(10, "posterior")]
     sidecar = json.loads((tmp_path / "run" / "best" / "unet.json").read_text())
     assert "steps" not in sidecar and "sampler" not in sidecar  # a noise model's faithful default: all T steps
@@ -287,14 +292,8 @@ def test_validation_samples_cheaply_by_default_but_unet_json_keeps_the_models_ow
 def test_validation_with_given_steps_and_sampler_records_them_in_unet_json_to_reproduce_it(tmp_path, rain_data):
     trainer = Trainer(tiny(tmp_path / "run", rain_data, steps=2, val=rain_data, val_every=2, val_crop=16,
                            val_limit=1, max_sigma=10, prediction="x0", val_steps=10, val_sampler="ode"))
-    steps_seen = []
-    restore = DerainPipeline.restore
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(DerainPipeline, "restore",
-                      lambda self, lq, options, callback=None: steps_seen.append(options) or restore(
-                          self, lq, options, callback))
-        trainer.run()
-    assert [(o.steps, o.sampler, o.seed, o.tile) for o in steps_seen] == [(10, "ode", 0, None)]
+    seen = _validation_options(trainer)
+    assert [(o.steps, o.sampler, o.seed, o.tile) for o in seen] == [(10, "ode", 0, None)]
     sidecar = json.loads((tmp_path / "run" / "best" / "unet.json").read_text())
     assert sidecar["sde"] == {"max_sigma": 10.0, "T": 100, "schedule": "cosine", "eps": 0.005}
     assert (sidecar["prediction"], sidecar["steps"], sidecar["sampler"]) == ("x0", 10, "ode")
