@@ -184,15 +184,15 @@ def _refuse_unsupported_sampling(args: ModelArgs, sampling: SamplingArgs) -> Non
 
 def _load(args: ModelArgs, sampling: SamplingArgs, quiet: bool):
     """Check the sampling options against the model's card, build the restorer, say which model runs."""
+    if args.daclip is not None and args.unet is None:
+        raise UsageError("--daclip needs --unet (a model from the manifest brings its own)")
+    _refuse_unsupported_sampling(args, sampling)  # before torch is imported
     from derain_cli.devices import set_threads
     from derain_cli.resolve import ModelSpec, load
 
-    if args.daclip is not None and args.unet is None:
-        raise UsageError("--daclip needs --unet (a model from the manifest brings its own)")
     set_threads(args.threads)  # before any model work: torch fixes its thread pools on first use
     spec = ModelSpec(model=args.model, manifest=args.manifest, unet=args.unet, daclip=args.daclip,
                      max_sigma=args.max_sigma, schedule=args.schedule, eps=args.eps, offline=args.offline)
-    _refuse_unsupported_sampling(args, sampling)
     options = sampling.options()
     loaded = load(spec, device=args.device, precision=args.precision, passes=args.pass_count(),
                   steps=options.steps, sampler=options.sampler, fast=options.fast)
@@ -229,6 +229,7 @@ def _step_callback(progress: Progress | None):
 
 
 def _version(value: bool) -> None:
+    """--version: print the version and stop."""
     if value:
         out.print(f"derain {__version__}")
         raise typer.Exit()
