@@ -324,12 +324,7 @@ def reference_runner(unet: nn.Module, sde_class: type, cfg: Config, context: dic
             return net(x, mu, t, **ctx).float()
 
     def run(steps: int) -> Tensor:
-        sample_t = -1 if steps == SDE_SETTINGS["T"] else steps
-        sde = sde_class(max_sigma=SDE_SETTINGS["max_sigma"], T=SDE_SETTINGS["T"], sample_T=sample_t,
-                        schedule=SDE_SETTINGS["schedule"], eps=SDE_SETTINGS["eps"], device=device)
-        sde.set_model(model)
-        sde.set_mu(lq)
-        torch.manual_seed(SEED)
+        sde = reference_sde(sde_class, model, lq, steps, device)
         with torch.no_grad():
             return sde.reverse_posterior(sde.noise_state(lq), **context).clamp(0, 1)
 
@@ -473,6 +468,17 @@ def compare(out: Tensor, base: Tensor) -> tuple[float | None, float]:
     return psnr, float((out - base).abs().max())
 
 
+def reference_sde(sde_class: Any, model: Callable, lq: Tensor, steps: int, device: torch.device) -> Any:
+    """The reference's IRSDE with ``model`` and ``lq`` set, its global RNG seeded (its ``sample_T`` for fewer steps)."""
+    sample_t = -1 if steps == SDE_SETTINGS["T"] else steps
+    sde = sde_class(max_sigma=SDE_SETTINGS["max_sigma"], T=SDE_SETTINGS["T"], sample_T=sample_t,
+                    schedule=SDE_SETTINGS["schedule"], eps=SDE_SETTINGS["eps"], device=device)
+    sde.set_model(model)
+    sde.set_mu(lq)
+    torch.manual_seed(SEED)
+    return sde
+
+
 def fairness_check(reference: tuple, unet: ConditionalUNet, context: dict[str, Tensor], device: torch.device,
                    width: int, height: int, steps: int) -> dict[str, float]:
     """Max abs differences, reference vs derain in fp32, of one U-Net call and of a whole loop.
@@ -487,12 +493,7 @@ def fairness_check(reference: tuple, unet: ConditionalUNet, context: dict[str, T
     ref_unet, ref_sde = reference
     with torch.no_grad():
         call = float((ref_unet(x_t, lq, t, **context) - unet(x_t, lq, t, **context)).abs().max())
-        sample_t = -1 if steps == SDE_SETTINGS["T"] else steps
-        sde = ref_sde(max_sigma=SDE_SETTINGS["max_sigma"], T=SDE_SETTINGS["T"], sample_T=sample_t,
-                      schedule=SDE_SETTINGS["schedule"], eps=SDE_SETTINGS["eps"], device=device)
-        sde.set_model(ref_unet)
-        sde.set_mu(lq)
-        torch.manual_seed(SEED)
+        sde = reference_sde(ref_sde, ref_unet, lq, steps, device)
         theirs = sde.reverse_posterior(x_t, **context)
         ours = IRSDE(**SDE_SETTINGS).sample(unet, lq, steps=steps, x_T=x_t,
                                             generator=torch.Generator(device=device).manual_seed(SEED),
